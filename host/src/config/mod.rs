@@ -1,0 +1,334 @@
+//! The TOML configuration: model, loading with precise errors, secrets.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the
+//! file, the key path and the line, never a silently ignored setting.
+
+mod duration;
+mod secret;
+
+pub use secret::Secret;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder holding the plugins (`NAME.wasm`), watched for changes.
+    /// Relative paths are relative to the working directory.
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// The Kafka cluster all pipelines read from.
+    pub kafka: KafkaConfig,
+    /// Named sinks that pipeline outputs are written to.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// The pipelines this host runs.
+    #[serde(default)]
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Extra librdkafka client properties (e.g. `"security.protocol"`), passed as is.
+    #[serde(default)]
+    pub options: BTreeMap<String, Secret>,
+}
+
+/// A database outputs are written to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// A MongoDB-protocol server; document outputs go here by default.
+    Mongodb {
+        /// Connection string, e.g. `mongodb://127.0.0.1:27017`; may use `${env:..}`/`${file:..}`.
+        uri: Secret,
+        /// Database the collections live in.
+        database: String,
+    },
+    /// A MySQL-protocol server; table outputs go here by default.
+    Mysql {
+        /// Connection URL, e.g. `mysql://user:${env:PW}@127.0.0.1:3306/db`.
+        url: Secret,
+        /// Connections in the pool.
+        #[serde(default = "default_pool")]
+        max_connections: u32,
+    },
+}
+
+fn default_pool() -> u32 {
+    4
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Mongodb { .. } => "mongodb",
+            SinkConfig::Mysql { .. } => "mysql",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name; used in logs, metrics and the default consumer group.
+    pub name: String,
+    /// Plugin to run: `plugins_dir/PLUGIN.wasm`.
+    pub plugin: String,
+    /// Kafka topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group; default `sluice-NAME`.
+    pub group_id: Option<String>,
+    /// How records are grouped into batches.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Where each declared output goes. Unrouted documents go to the only
+    /// `mongodb` sink, unrouted tables to the only `mysql` sink, under the
+    /// output's own name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Where rejected records and schema-violating outputs go.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Sandbox limits for this pipeline's plugin.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl PipelineConfig {
+    pub fn group_id(&self) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}", self.name))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records per batch (one plugin call, one write per output).
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Longest wait to fill a batch before processing what arrived.
+    #[serde(default = "default_max_wait", with = "duration")]
+    pub max_wait: Duration,
+}
+
+fn default_max_records() -> usize {
+    1000
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Sink name (a key of `[sinks]`).
+    pub sink: String,
+    /// Table or collection; default: the output's name.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Sink name; default: the only `mongodb` sink, else the only `mysql` sink.
+    pub sink: Option<String>,
+    /// Table or collection name.
+    #[serde(default = "default_dead_letter_name")]
+    pub name: String,
+}
+
+fn default_dead_letter_name() -> String {
+    "sluice_dead_letters".into()
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            sink: None,
+            name: default_dead_letter_name(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most linear memory the plugin may grow to, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Longest one `transform` call may run before it is interrupted.
+    #[serde(default = "default_batch_timeout", with = "duration")]
+    pub batch_timeout: Duration,
+}
+
+fn default_memory_mib() -> u64 {
+    64
+}
+
+fn default_batch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mib: default_memory_mib(),
+            batch_timeout: default_batch_timeout(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            message,
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| invalid("(syntax)".into(), located(text, &e)))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(
+                if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                located(text, e.inner()),
+            )
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let key = |k: &str| format!("pipelines[{i}].{k}");
+            sluice_plugin_sdk::schema::check_identifier("pipeline name", &p.name)
+                .map_err(|e| (key("name"), e))?;
+            if !names.insert(&p.name) {
+                return Err((
+                    key("name"),
+                    format!("pipeline '{}' is defined twice", p.name),
+                ));
+            }
+            sluice_plugin_sdk::schema::check_identifier("plugin name", &p.plugin)
+                .map_err(|e| (key("plugin"), e))?;
+            if p.topics.is_empty() {
+                return Err((key("topics"), "at least one topic is required".into()));
+            }
+            if p.batch.max_records == 0 {
+                return Err((key("batch.max_records"), "must be at least 1".into()));
+            }
+            for (output, route) in &p.routes {
+                if !self.sinks.contains_key(&route.sink) {
+                    return Err((
+                        key(&format!("routes.{output}.sink")),
+                        self.unknown_sink(&route.sink),
+                    ));
+                }
+                if let Some(name) = &route.name {
+                    sluice_plugin_sdk::schema::check_identifier("table or collection name", name)
+                        .map_err(|e| (key(&format!("routes.{output}.name")), e))?;
+                }
+            }
+            if let Some(sink) = &p.dead_letter.sink
+                && !self.sinks.contains_key(sink)
+            {
+                return Err((key("dead_letter.sink"), self.unknown_sink(sink)));
+            }
+        }
+        Ok(())
+    }
+
+    fn unknown_sink(&self, name: &str) -> String {
+        let known: Vec<_> = self.sinks.keys().map(String::as_str).collect();
+        format!(
+            "no sink named '{name}' (defined: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
+    /// The only sink of a given type, used when an output has no route.
+    pub fn only_sink_of(&self, kind: &str) -> Option<&str> {
+        let mut it = self.sinks.iter().filter(|(_, s)| s.kind() == kind);
+        match (it.next(), it.next()) {
+            (Some((name, _)), None) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Appends "(line L, column C)" to a TOML error message.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+use super::*;
+
+const GOOD: &str = r#"
+plugins_dir = "plugins"
+[kafka]
+brokers = "127.0.0.1:9092"
+[sinks.mongodb]
+type = "mongodb"
+uri = "mongodb://127.0.0.1:27017"
+database = "sluice"
+[sinks.mysql]
+type = "mysql"
+url = "mysql://sluice:${env:SLUICE_TEST_PW}@127.0.0.1:3306/sluice"
+[[pipelines]]
+name = "orders"
+plugin = "orders"
+topics = ["orders"]
+batch = { max_records = 500, max_wait = "250ms" }
+routes.orders = { sink = "mysql", name = "shop_orders" }
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn parses_a_full_config() {
+    let c = parse(GOOD).unwrap();
+    let p = &c.pipelines[0];
+    assert_eq!(p.batch.max_records, 500);
+    assert_eq!(p.batch.max_wait, Duration::from_millis(250));
+    assert_eq!(p.group_id(), "sluice-orders");
+    assert_eq!(p.routes["orders"].name.as_deref(), Some("shop_orders"));
+    assert_eq!(c.only_sink_of("mongodb"), Some("mongodb"));
+    assert_eq!(p.limits.memory_mib, 64);
+}
+
+#[test]
+fn unknown_keys_name_the_key_path_and_line() {
+    let e = error(&GOOD.replace("max_records = 500", "max_recrods = 500"));
+    assert!(e.starts_with("test.toml: pipelines[0].batch"), "{e}");
+    assert!(e.contains("unknown field `max_recrods`"), "{e}");
+    assert!(e.contains("line 16"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let e = error(&GOOD.replace("\"250ms\"", "\"soon\""));
+    assert!(
+        e.contains("pipelines[0].batch.max_wait") && e.contains("'soon' is not a duration"),
+        "{e}"
+    );
+    let e = error(&GOOD.replace("max_records = 500", "max_records = \"lots\""));
+    assert!(
+        e.contains("pipelines[0].batch.max_records") && e.contains("invalid type"),
+        "{e}"
+    );
+    let e = error(&GOOD.replace("type = \"mysql\"", "type = \"postgres\""));
+    assert!(e.contains("sinks.mysql") && e.contains("postgres"), "{e}");
+    let e = error(&GOOD.replace("[kafka]\nbrokers = \"127.0.0.1:9092\"", ""));
+    assert!(e.contains("missing field `kafka`"), "{e}");
+    let e = error("this is = = not toml");
+    assert!(e.contains("(syntax)"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let e = error(&GOOD.replace("sink = \"mysql\", name", "sink = \"mysq\", name"));
+    assert!(
+        e.contains(
+            "pipelines[0].routes.orders.sink: no sink named 'mysq' (defined: mongodb, mysql)"
+        ),
+        "{e}"
+    );
+    let e = error(&GOOD.replace("topics = [\"orders\"]", "topics = []"));
+    assert!(e.contains("pipelines[0].topics"), "{e}");
+    let e = error(&GOOD.replace("name = \"shop_orders\"", "name = \"shop orders; drop\""));
+    assert!(e.contains("routes.orders.name"), "{e}");
+    let twice = format!(
+        "{GOOD}\n[[pipelines]]\nname = \"orders\"\nplugin = \"orders\"\ntopics = [\"x\"]\n"
+    );
+    assert!(error(&twice).contains("defined twice"));
+}
+
+#[test]
+fn secrets_resolve_and_never_print() {
+    let c = parse(GOOD).unwrap();
+    let SinkConfig::Mysql { url, .. } = &c.sinks["mysql"] else {
+        panic!()
+    };
+    assert!(!format!("{c:?}").contains("sluice:"));
+    // SAFETY: tests in this module do not read this variable concurrently.
+    unsafe { std::env::remove_var("SLUICE_TEST_PW") };
+    assert!(url.resolve().unwrap_err().contains("SLUICE_TEST_PW"));
+    unsafe { std::env::set_var("SLUICE_TEST_PW", "hunter2") };
+    assert_eq!(
+        url.resolve().unwrap(),
+        "mysql://sluice:hunter2@127.0.0.1:3306/sluice"
+    );
+    assert!(
+        Secret::new("${vault:x}")
+            .resolve()
+            .unwrap_err()
+            .contains("not ${env:NAME}")
+    );
+}

@@ -1,0 +1,141 @@
+//! Sluice: Kafka -> sandboxed WebAssembly transform -> MongoDB / MySQL.
+//!
+//! `Host::start` loads the config's plugins, connects the sinks and creates
+//! the declared tables, collections and indexes; `Host::run` consumes until
+//! shutdown. `run(config, shutdown)` does both, for tests and `main`.
+
+pub mod config;
+pub mod pipeline;
+pub mod router;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+
+use config::Config;
+use pipeline::{Pipeline, RunMode, Stats};
+use runtime::{Registry, Runtime};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub struct Host {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pipelines: Vec<Pipeline>,
+    /// Per pipeline, live counters.
+    pub stats: BTreeMap<String, Arc<Stats>>,
+}
+
+impl Host {
+    /// Loads plugins and checks routes without touching Kafka or databases.
+    pub fn load_plugins(config: &Config) -> anyhow::Result<Arc<Registry>> {
+        let registry = Registry::new(Runtime::new()?, config.plugins_dir.clone());
+        for p in &config.pipelines {
+            if registry.current(&p.plugin).is_none() {
+                let version = registry.load(&p.plugin).map_err(|e| {
+                    anyhow::anyhow!("pipeline '{}': plugin '{}': {e}", p.name, p.plugin)
+                })?;
+                tracing::info!(plugin = %version.name, version = %version.info.version, hash = %version.short_hash(),
+                    outputs = version.info.outputs.len(), "plugin loaded");
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Loads plugins, connects sinks, creates tables/collections/indexes.
+    pub async fn start(config: Config) -> anyhow::Result<Host> {
+        let config = Arc::new(config);
+        let registry = Self::load_plugins(&config)?;
+        let sinks = sink::connect_all(&config.sinks).await?;
+        for (name, sink) in &sinks {
+            sink.healthcheck()
+                .await
+                .map_err(|e| anyhow::anyhow!("sink '{name}' is not reachable: {e}"))?;
+        }
+        let (_never, mut no_shutdown) = watch::channel(false);
+        let mut pipelines = Vec::new();
+        let mut stats = BTreeMap::new();
+        for p in &config.pipelines {
+            let mut pipeline =
+                Pipeline::new(p.clone(), config.clone(), registry.clone(), sinks.clone());
+            pipeline.prepare(&mut no_shutdown).await?;
+            stats.insert(p.name.clone(), pipeline.stats.clone());
+            pipelines.push(pipeline);
+        }
+        Ok(Host {
+            config,
+            registry,
+            pipelines,
+            stats,
+        })
+    }
+
+    /// Runs every pipeline until `shutdown` resolves (or, in `UntilDrained`
+    /// mode, until all are caught up). Hot-reloads plugins meanwhile.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mode: RunMode,
+    ) -> anyhow::Result<()> {
+        let _watcher = runtime::watch(self.registry.clone()).map_err(|e| {
+            anyhow::anyhow!("cannot watch {}: {e}", self.config.plugins_dir.display())
+        })?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in self.pipelines {
+            tasks.spawn(p.run(stop_rx.clone(), mode));
+        }
+        let reporter = tokio::spawn(report_progress(self.stats.clone()));
+        tokio::pin!(shutdown);
+        let mut first_error = None;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown, if !*stop_tx.borrow() => {
+                    tracing::info!("shutdown requested: finishing batches in flight");
+                    let _ = stop_tx.send(true);
+                }
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(_))) => {}
+                    Some(Ok(Err(e))) => {
+                        tracing::error!("{e:#}");
+                        first_error.get_or_insert(e);
+                        let _ = stop_tx.send(true);
+                    }
+                    Some(Err(e)) => {
+                        first_error.get_or_insert(anyhow::anyhow!("pipeline task panicked: {e}"));
+                        let _ = stop_tx.send(true);
+                    }
+                }
+            }
+        }
+        reporter.abort();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Starts a host for `config` and runs it until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Host::start(config)
+        .await?
+        .run(shutdown, RunMode::Continuous)
+        .await
+}
+
+async fn report_progress(stats: BTreeMap<String, Arc<Stats>>) {
+    let mut last = BTreeMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (name, s) in &stats {
+            let now = s.snapshot();
+            if last.get(name) != Some(&now) {
+                tracing::info!(pipeline = %name, records_in = now.records_in, rows_written = now.rows_written,
+                    dead_letters = now.dead_letters, batches = now.batches, "progress");
+                last.insert(name.clone(), now);
+            }
+        }
+    }
+}

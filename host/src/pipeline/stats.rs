@@ -1,0 +1,44 @@
+//! Counters a pipeline keeps as it runs; read by logs, tests and summaries.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub records_in: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub sink_retries: AtomicU64,
+    /// Content hash of the plugin version serving the last batch.
+    pub serving: Mutex<Option<String>>,
+    /// File change seen -> first batch served by the new version.
+    pub reload_latencies: Mutex<Vec<Duration>>,
+}
+
+/// A point-in-time copy of `Stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub batches: u64,
+    pub records_in: u64,
+    pub rows_written: u64,
+    pub dead_letters: u64,
+    pub sink_retries: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            batches: self.batches.load(Relaxed),
+            records_in: self.records_in.load(Relaxed),
+            rows_written: self.rows_written.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
+            sink_retries: self.sink_retries.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Relaxed);
+    }
+}

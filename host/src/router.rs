@@ -1,0 +1,335 @@
+//! Plugin outputs -> sinks. Resolves where each declared output goes,
+//! validates every emitted value against its declaration, and turns
+//! rejected records and invalid outputs into dead letters.
+
+use crate::config::{Config, PipelineConfig};
+use crate::runtime::PluginVersion;
+use crate::sink::{Row, Sink, SinkError, Sinks};
+use serde_json::{Map, Value, json};
+use sluice_plugin_sdk::abi::{BatchResult, Record};
+use sluice_plugin_sdk::schema::{Output, OutputKind, Type};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Where one output is written.
+#[derive(Clone)]
+pub struct Route {
+    pub sink_name: String,
+    pub sink: Arc<dyn Sink>,
+    /// Table or collection name.
+    pub target: String,
+    pub decl: Output,
+}
+
+impl Route {
+    pub async fn prepare(&self) -> Result<(), SinkError> {
+        self.sink.prepare(&self.target, &self.decl).await
+    }
+
+    pub async fn write(&self, rows: &[Row]) -> Result<(), SinkError> {
+        self.sink.write(&self.target, &self.decl, rows).await
+    }
+}
+
+/// The routes of one pipeline for one plugin version.
+pub struct Routes {
+    pub outputs: BTreeMap<String, Route>,
+    pub dead_letter: Route,
+}
+
+impl Routes {
+    /// Errors name the pipeline key to fix.
+    pub fn resolve(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        plugin: &PluginVersion,
+        sinks: &Sinks,
+    ) -> Result<Routes, String> {
+        let key = |k: &str| format!("pipelines[name={}].{k}", pipeline.name);
+        if let Some(unknown) = pipeline
+            .routes
+            .keys()
+            .find(|o| plugin.info.get_output(o).is_none())
+        {
+            let declared: Vec<_> = plugin
+                .info
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect();
+            return Err(format!(
+                "{}: plugin '{}' declares no output '{unknown}' (it declares: {})",
+                key(&format!("routes.{unknown}")),
+                plugin.name,
+                declared.join(", ")
+            ));
+        }
+        let mut outputs = BTreeMap::new();
+        for decl in &plugin.info.outputs {
+            let (sink_name, target) = match pipeline.routes.get(&decl.name) {
+                Some(r) => (
+                    r.sink.clone(),
+                    r.name.clone().unwrap_or_else(|| decl.name.clone()),
+                ),
+                None => {
+                    let kind = match decl.kind {
+                        OutputKind::Document => "mongodb",
+                        OutputKind::Table => "mysql",
+                    };
+                    let sink = config.only_sink_of(kind).ok_or_else(|| {
+                        format!(
+                            "{}: output '{}' has no route and there is not exactly one '{kind}' sink to default to; add routes.{} = {{ sink = \"...\" }}",
+                            key("routes"), decl.name, decl.name
+                        )
+                    })?;
+                    (sink.to_string(), decl.name.clone())
+                }
+            };
+            let sink = sinks[&sink_name].clone();
+            outputs.insert(
+                decl.name.clone(),
+                Route {
+                    sink_name,
+                    sink,
+                    target,
+                    decl: decl.clone(),
+                },
+            );
+        }
+        let dl_sink = pipeline
+            .dead_letter
+            .sink
+            .clone()
+            .or_else(|| {
+                config
+                    .only_sink_of("mongodb")
+                    .or_else(|| config.only_sink_of("mysql"))
+                    .map(String::from)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{}: no sink for dead letters; set dead_letter.sink",
+                    key("dead_letter")
+                )
+            })?;
+        let dead_letter = Route {
+            sink: sinks[&dl_sink].clone(),
+            sink_name: dl_sink,
+            target: pipeline.dead_letter.name.clone(),
+            decl: dead_letter_decl(),
+        };
+        Ok(Routes {
+            outputs,
+            dead_letter,
+        })
+    }
+
+    pub async fn prepare(&self) -> Result<(), SinkError> {
+        for route in self.outputs.values().chain([&self.dead_letter]) {
+            route.prepare().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The schema of a dead letter, in either kind of sink.
+pub fn dead_letter_decl() -> Output {
+    Output::document("dead_letters")
+        .field("id", Type::text(255))
+        .primary_key(["id"])
+        .field("pipeline", Type::text(64))
+        .field("plugin", Type::text(64))
+        .field("plugin_version", Type::text(64))
+        .field("plugin_hash", Type::text(64))
+        .field("stage", Type::text(16))
+        .field("reason", Type::Text(None))
+        .field("topic", Type::text(255))
+        .field("partition", Type::Integer)
+        .field("offset", Type::Integer)
+        .optional("timestamp", Type::Timestamp)
+        .optional("key", Type::Text(None))
+        .optional("value", Type::Text(None))
+        .field("encoding", Type::text(8))
+        .field("failed_at", Type::Timestamp)
+        .index("by_pipeline", ["pipeline", "failed_at"])
+}
+
+/// Why a record ended in dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The plugin rejected the record.
+    Plugin,
+    /// The plugin trapped or hit a limit on this record.
+    Trap,
+    /// An output broke its declared schema.
+    Schema,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Plugin => "plugin",
+            Stage::Trap => "trap",
+            Stage::Schema => "schema",
+        }
+    }
+}
+
+/// A batch's writes, grouped by output, plus its dead letters.
+#[derive(Default)]
+pub struct Routed {
+    pub rows: BTreeMap<String, Vec<Row>>,
+    pub dead_letters: Vec<Row>,
+}
+
+pub struct DeadLetterContext<'a> {
+    pub pipeline: &'a str,
+    pub plugin: &'a PluginVersion,
+}
+
+impl DeadLetterContext<'_> {
+    /// A dead letter for `record`; `suffix` distinguishes several per record.
+    pub fn row(&self, record: &Record, stage: Stage, reason: &str, suffix: &str) -> Row {
+        let id = format!(
+            "{}/{}/{}/{}{suffix}",
+            self.pipeline, record.topic, record.partition, record.offset
+        );
+        let (key, key_enc) = text_or_base64(record.key);
+        let (value, value_enc) = text_or_base64(record.value);
+        let timestamp = record
+            .timestamp
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+        let fields = json!({
+            "id": id,
+            "pipeline": self.pipeline,
+            "plugin": self.plugin.name,
+            "plugin_version": self.plugin.info.version,
+            "plugin_hash": self.plugin.hash,
+            "stage": stage.as_str(),
+            "reason": reason,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": timestamp,
+            "key": key,
+            "value": value,
+            "encoding": if key_enc == "base64" || value_enc == "base64" { "base64" } else { "utf8" },
+            "failed_at": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        });
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        Row {
+            id: Value::String(id),
+            fields,
+        }
+    }
+}
+
+fn text_or_base64(bytes: Option<&[u8]>) -> (Option<String>, &'static str) {
+    use base64::Engine;
+    match bytes.map(std::str::from_utf8) {
+        None => (None, "utf8"),
+        Some(Ok(text)) => (Some(text.to_string()), "utf8"),
+        Some(Err(_)) => (
+            bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            "base64",
+        ),
+    }
+}
+
+/// Validates and groups a plugin result. `records` is the batch the
+/// plugin saw; indexes in `result` point into it.
+pub fn route(
+    records: &[Record],
+    result: BatchResult,
+    routes: &Routes,
+    ctx: &DeadLetterContext,
+) -> Routed {
+    let mut routed = Routed::default();
+    for e in &result.errors {
+        if let Some(record) = records.get(e.source as usize) {
+            routed
+                .dead_letters
+                .push(ctx.row(record, Stage::Plugin, &e.reason, ""));
+        }
+    }
+    // Per (source, output) counters give position-derived ids for outputs without a key.
+    let mut seen: HashMap<(u32, String), u32> = HashMap::new();
+    for out in result.outputs {
+        let Some(record) = records.get(out.source as usize) else {
+            tracing::warn!(plugin = %ctx.plugin.name, source = out.source, "output points at no input record; dropped");
+            continue;
+        };
+        let n = seen.entry((out.source, out.output.clone())).or_insert(0);
+        *n += 1;
+        let dead = |reason: String| {
+            ctx.row(
+                record,
+                Stage::Schema,
+                &reason,
+                &format!("/{}/{}", out.output, n),
+            )
+        };
+        let Some(route) = routes.outputs.get(&out.output) else {
+            routed.dead_letters.push(dead(format!(
+                "output '{}' is not declared by the plugin",
+                out.output
+            )));
+            continue;
+        };
+        let mut value: Value = match serde_json::from_slice(&out.value) {
+            Ok(v) => v,
+            Err(e) => {
+                routed.dead_letters.push(dead(format!(
+                    "output '{}' is not valid JSON: {e}",
+                    out.output
+                )));
+                continue;
+            }
+        };
+        if let Err(e) = route.decl.check_value(&mut value) {
+            routed
+                .dead_letters
+                .push(dead(format!("output '{}': {e}", out.output)));
+            continue;
+        }
+        let Value::Object(mut fields) = value else {
+            unreachable!("check_value accepts objects only")
+        };
+        let id = document_id(&route.decl, &fields, record, &out.output, *n);
+        if route.decl.kind == OutputKind::Table {
+            route.decl.fill_nulls(&mut fields);
+        }
+        routed
+            .rows
+            .entry(out.output)
+            .or_default()
+            .push(Row { id, fields });
+    }
+    routed
+}
+
+/// The declared key, or a position-derived id that is the same every time
+/// the record is processed: replays overwrite instead of duplicating.
+fn document_id(
+    decl: &Output,
+    fields: &Map<String, Value>,
+    record: &Record,
+    output: &str,
+    n: u32,
+) -> Value {
+    match decl.primary_key.as_slice() {
+        [] => Value::String(format!(
+            "{}/{}/{}/{output}/{n}",
+            record.topic, record.partition, record.offset
+        )),
+        [single] => fields[single].clone(),
+        many => Value::Object(
+            many.iter()
+                .map(|k| (k.clone(), fields[k].clone()))
+                .collect(),
+        ),
+    }
+}

@@ -1,0 +1,104 @@
+//! A live instance of a plugin version, with limits applied to every call.
+
+use super::bindings::Transform;
+use super::engine::{EPOCH_TICK, State};
+use super::plugin::PluginVersion;
+use sluice_plugin_sdk::abi::{self, BatchResult};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::Store;
+
+/// Sandbox limits applied to each instance.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub batch_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            batch_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl From<&crate::config::LimitsConfig> for Limits {
+    fn from(c: &crate::config::LimitsConfig) -> Self {
+        Limits {
+            memory_bytes: (c.memory_mib as usize) << 20,
+            batch_timeout: c.batch_timeout,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The instance trapped (panic, limit, timeout): it must be discarded.
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The plugin returned an error for the whole batch.
+    #[error("plugin failed the batch: {0}")]
+    Failed(String),
+    /// The plugin returned bytes that are not a valid result.
+    #[error("plugin returned a malformed result: {0}")]
+    Malformed(String),
+}
+
+pub struct Instance {
+    pub version: Arc<PluginVersion>,
+    store: Store<State>,
+    bindings: Transform,
+    limits: Limits,
+}
+
+impl Instance {
+    pub fn new(version: Arc<PluginVersion>, limits: Limits) -> Result<Self, CallError> {
+        let (store, bindings) = version
+            .instantiate(&limits)
+            .map_err(|e| CallError::Trap(format!("{e:#}")))?;
+        Ok(Instance {
+            version,
+            store,
+            bindings,
+            limits,
+        })
+    }
+
+    /// Runs `transform` on a packed batch. After `Err(Trap)` the instance's
+    /// state is undefined: drop it and build a new one.
+    pub fn transform(&mut self, batch: &[u8]) -> Result<BatchResult, CallError> {
+        let bindings = &self.bindings;
+        let packed = with_deadline(&mut self.store, self.limits.batch_timeout, |s| {
+            bindings.call_transform(s, batch)
+        })?
+        .map_err(CallError::Failed)?;
+        abi::decode_result(&packed).map_err(|e| CallError::Malformed(e.to_string()))
+    }
+}
+
+/// Calls into the guest with an epoch deadline; traps become `CallError::Trap`
+/// with a readable reason (timeout and memory limit named as such).
+pub(super) fn with_deadline<R>(
+    store: &mut Store<State>,
+    timeout: Duration,
+    call: impl FnOnce(&mut Store<State>) -> wasmtime::Result<R>,
+) -> Result<R, CallError> {
+    let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+    let result = call(store);
+    store.set_epoch_deadline(u64::MAX / 2);
+    result.map_err(|e| {
+        let reason = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!("exceeded the time limit of {timeout:?}"),
+            Some(trap) => format!("{trap}: {}", root_cause(&e)),
+            None => format!("{e:#}"),
+        };
+        CallError::Trap(reason)
+    })
+}
+
+fn root_cause(e: &wasmtime::Error) -> String {
+    e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+}

@@ -1,0 +1,213 @@
+//! A plugin version: one `.wasm` file compiled, checked and described.
+
+use super::bindings::{Transform, TransformPre, sluice::plugin::types as wit};
+use super::engine::{Runtime, State};
+use sha2::{Digest, Sha256};
+use sluice_plugin_sdk::schema::{Field, Index, Output, OutputKind, Plugin, Type};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use wasmtime::component::Component;
+
+/// Files larger than this are refused before compiling.
+pub const MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {bytes} bytes is larger than the {MAX_PLUGIN_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error("{path}: not a WebAssembly component: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("{path}: cannot instantiate (imports something the host does not provide?): {reason}")]
+    Instantiate { path: PathBuf, reason: String },
+    #[error("{path}: describe() failed: {reason}")]
+    Describe { path: PathBuf, reason: String },
+    #[error("{path}: plugin '{name}' declares an invalid schema: {reason}")]
+    Schema {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+}
+
+/// A loaded, immutable plugin version. Pipelines hold an `Arc` to the
+/// version they serve; a reload publishes a new one.
+pub struct PluginVersion {
+    /// The file stem: `plugins/orders.wasm` is plugin `orders`.
+    pub name: String,
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex: identifies the version everywhere.
+    pub hash: String,
+    pub info: Plugin,
+    pub(super) pre: TransformPre<State>,
+    pub(super) runtime: Runtime,
+    /// When the file change that produced this version was first seen.
+    pub detected_at: Instant,
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} ({})",
+            self.name,
+            self.info.version,
+            self.short_hash()
+        )
+    }
+}
+
+impl PluginVersion {
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+
+    /// Reads, compiles, pre-instantiates and describes a plugin file.
+    /// Blocking and CPU-heavy: call it off the async runtime.
+    pub fn load(runtime: &Runtime, path: &Path, detected_at: Instant) -> Result<Self, LoadError> {
+        let p = || path.to_path_buf();
+        let meta =
+            std::fs::metadata(path).map_err(|source| LoadError::Read { path: p(), source })?;
+        if meta.len() > MAX_PLUGIN_BYTES {
+            return Err(LoadError::TooLarge {
+                path: p(),
+                bytes: meta.len(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: p(), source })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let component =
+            Component::new(&runtime.engine, &bytes).map_err(|e| LoadError::Compile {
+                path: p(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .and_then(TransformPre::new)
+            .map_err(|e| LoadError::Instantiate {
+                path: p(),
+                reason: format!("{e:#}"),
+            })?;
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut version = PluginVersion {
+            name,
+            path: p(),
+            hash,
+            info: Plugin::new("", ""),
+            pre,
+            runtime: runtime.clone(),
+            detected_at,
+        };
+        let (mut store, bindings) =
+            version
+                .instantiate(&super::Limits::default())
+                .map_err(|e| LoadError::Instantiate {
+                    path: p(),
+                    reason: format!("{e:#}"),
+                })?;
+        let info = super::instance::with_deadline(
+            &mut store,
+            super::Limits::default().batch_timeout,
+            |s| bindings.call_describe(s),
+        )
+        .map_err(|e| LoadError::Describe {
+            path: p(),
+            reason: e.to_string(),
+        })?;
+        let info = from_wit(info).map_err(|reason| LoadError::Schema {
+            path: p(),
+            name: version.name.clone(),
+            reason,
+        })?;
+        info.validate().map_err(|reason| LoadError::Schema {
+            path: p(),
+            name: info.name.clone(),
+            reason,
+        })?;
+        version.info = info;
+        Ok(version)
+    }
+
+    pub(super) fn instantiate(
+        &self,
+        limits: &super::Limits,
+    ) -> wasmtime::Result<(wasmtime::Store<State>, Transform)> {
+        let state = State {
+            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            table: Default::default(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(16)
+                .tables(16)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = wasmtime::Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok((store, bindings))
+    }
+}
+
+fn from_wit(info: wit::PluginInfo) -> Result<Plugin, String> {
+    let outputs = info
+        .outputs
+        .into_iter()
+        .map(|o| Output {
+            name: o.name,
+            kind: match o.kind {
+                wit::OutputKind::Document => OutputKind::Document,
+                wit::OutputKind::Table => OutputKind::Table,
+            },
+            fields: o
+                .fields
+                .into_iter()
+                .map(|f| Field {
+                    name: f.name,
+                    ty: field_type(f.type_),
+                    nullable: f.nullable,
+                })
+                .collect(),
+            primary_key: o.primary_key,
+            indexes: o
+                .indexes
+                .into_iter()
+                .map(|i| Index {
+                    name: i.name,
+                    fields: i.fields,
+                    unique: i.unique,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Plugin {
+        name: info.name,
+        version: info.version,
+        outputs,
+    })
+}
+
+fn field_type(t: wit::FieldType) -> Type {
+    match t {
+        wit::FieldType::Text(n) => Type::Text(n),
+        wit::FieldType::Integer => Type::Integer,
+        wit::FieldType::Float => Type::Float,
+        wit::FieldType::Boolean => Type::Boolean,
+        wit::FieldType::Decimal(d) => Type::Decimal {
+            precision: d.precision,
+            scale: d.scale,
+        },
+        wit::FieldType::Timestamp => Type::Timestamp,
+        wit::FieldType::Json => Type::Json,
+    }
+}

@@ -1,0 +1,84 @@
+//! Sinks: where validated outputs are written. One folder per database,
+//! each behind the `Sink` trait; writes are idempotent upserts so a batch
+//! replayed after a crash changes nothing.
+
+mod mongodb;
+mod mysql;
+
+use crate::config::SinkConfig;
+use serde_json::{Map, Value};
+use sluice_plugin_sdk::schema::Output;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use self::mongodb::MongoSink;
+pub use self::mysql::MysqlSink;
+
+/// One output value ready to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The document `_id`: the declared key, or the source position.
+    pub id: Value,
+    /// Field values, normalised by `Output::check_value`.
+    pub fields: Map<String, Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The database cannot be reached or failed the request: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database refused the data itself (constraint, type, size).
+    #[error("write refused: {0}")]
+    Refused(String),
+}
+
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Checks the database answers.
+    async fn healthcheck(&self) -> Result<(), SinkError>;
+
+    /// Creates the table or collection `target` and the declared indexes,
+    /// if missing.
+    async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError>;
+
+    /// Upserts `rows` into `target` on the declared key. Either all rows are
+    /// written or an error is returned; retrying is always safe.
+    async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError>;
+}
+
+/// Every configured sink, by name.
+pub type Sinks = BTreeMap<String, Arc<dyn Sink>>;
+
+/// Creates a client for each configured sink (connections open lazily).
+pub async fn connect_all(configs: &BTreeMap<String, SinkConfig>) -> anyhow::Result<Sinks> {
+    let mut sinks = Sinks::new();
+    for (name, config) in configs {
+        let sink: Arc<dyn Sink> = match config {
+            SinkConfig::Mongodb { uri, database } => {
+                let uri = uri
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("sinks.{name}.uri: {e}"))?;
+                Arc::new(
+                    MongoSink::connect(&uri, database)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
+                )
+            }
+            SinkConfig::Mysql {
+                url,
+                max_connections,
+            } => {
+                let url = url
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("sinks.{name}.url: {e}"))?;
+                Arc::new(
+                    MysqlSink::connect(&url, *max_connections)
+                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
+                )
+            }
+        };
+        sinks.insert(name.clone(), sink);
+    }
+    Ok(sinks)
+}

@@ -1,0 +1,219 @@
+//! MongoDB wire protocol: document outputs upserted by `_id` in bulk, with
+//! plain `insert`, `delete` and `createIndexes` commands that MongoDB and
+//! FerretDB both support.
+
+use super::{Row, Sink, SinkError};
+use mongodb::bson::{self, Bson, Document, doc};
+use sluice_plugin_sdk::schema::{Output, Type};
+
+/// Documents per `insert` command; far below every server's limits.
+const CHUNK: usize = 1000;
+const CHUNK_BYTES: usize = 8 << 20;
+
+pub struct MongoSink {
+    db: mongodb::Database,
+}
+
+impl MongoSink {
+    pub async fn connect(uri: &str, database: &str) -> Result<Self, SinkError> {
+        let mut options = mongodb::options::ClientOptions::parse(uri)
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("invalid MongoDB URI: {e}")))?;
+        options
+            .server_selection_timeout
+            .get_or_insert(std::time::Duration::from_secs(10));
+        options.app_name.get_or_insert_with(|| "sluice".into());
+        let client = mongodb::Client::with_options(options).map_err(unavailable)?;
+        Ok(MongoSink {
+            db: client.database(database),
+        })
+    }
+
+    async fn command(&self, command: Document) -> Result<Document, SinkError> {
+        let reply = self.db.run_command(command).await.map_err(classify)?;
+        if let Ok(errors) = reply.get_array("writeErrors")
+            && let Some(Bson::Document(first)) = errors.first()
+        {
+            let message = first.get_str("errmsg").unwrap_or("unknown write error");
+            return Err(SinkError::Refused(format!(
+                "MongoDB: {message} ({} statements refused)",
+                errors.len()
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for MongoSink {
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        self.command(doc! { "ping": 1 }).await.map(drop)
+    }
+
+    async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
+        let existing = self.db.list_collection_names().await.map_err(classify)?;
+        if !existing.iter().any(|c| c == target) {
+            match self.command(doc! { "create": target }).await {
+                // Another instance created it first.
+                Err(SinkError::Unavailable(m)) if m.contains("already exists") => {}
+                other => other.map(drop)?,
+            }
+        }
+        if decl.indexes.is_empty() {
+            return Ok(());
+        }
+        let indexes: Vec<Document> = decl
+            .indexes
+            .iter()
+            .map(|i| {
+                let key: Document = i
+                    .fields
+                    .iter()
+                    .map(|f| (f.clone(), Bson::Int32(1)))
+                    .collect();
+                doc! { "key": key, "name": &i.name, "unique": i.unique }
+            })
+            .collect();
+        self.command(doc! { "createIndexes": target, "indexes": indexes })
+            .await
+            .map(drop)
+    }
+
+    async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
+        let mut chunk = Vec::with_capacity(rows.len().min(CHUNK));
+        let mut bytes = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let id = bson::to_bson(&row.id).map_err(|e| SinkError::Refused(e.to_string()))?;
+            let document = to_document(decl, row, id)?;
+            bytes += document
+                .iter()
+                .map(|(k, v)| k.len() + approx_size(v))
+                .sum::<usize>();
+            chunk.push(document);
+            if chunk.len() == CHUNK || bytes >= CHUNK_BYTES || i + 1 == rows.len() {
+                self.upsert(target, std::mem::take(&mut chunk)).await?;
+                bytes = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MongoSink {
+    /// Upserts by `_id`: insert everything, then replace the documents that
+    /// already existed (a replayed batch). Insert-first keeps the common
+    /// path to one round trip on every server; FerretDB in particular runs
+    /// `update` statements one by one with a scan each, which is orders of
+    /// magnitude slower than a bulk insert.
+    async fn upsert(&self, target: &str, documents: Vec<Document>) -> Result<(), SinkError> {
+        let existing = self.insert(target, &documents).await?;
+        if existing.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Bson> = existing
+            .iter()
+            .map(|&i| documents[i].get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
+        let replacements: Vec<Document> = existing.iter().map(|&i| documents[i].clone()).collect();
+        // Delete then insert, not atomic: if the process dies in between, the
+        // batch is uncommitted and replays, and the insert happens then.
+        let delete = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+        self.command(doc! { "delete": target, "deletes": [delete], "ordered": true })
+            .await?;
+        let still = self.insert(target, &replacements).await?;
+        if still.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Unavailable(format!(
+                "MongoDB: {} documents were re-created concurrently in '{target}'",
+                still.len()
+            )))
+        }
+    }
+
+    /// Inserts unordered; returns the indexes of documents whose `_id`
+    /// already exists. Any other per-document error refuses the write.
+    async fn insert(&self, target: &str, documents: &[Document]) -> Result<Vec<usize>, SinkError> {
+        let reply = self
+            .db
+            .run_command(doc! { "insert": target, "documents": documents, "ordered": false })
+            .await
+            .map_err(classify)?;
+        let mut duplicates = Vec::new();
+        for error in reply
+            .get_array("writeErrors")
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+        {
+            let Bson::Document(error) = error else {
+                continue;
+            };
+            let code = error.get_i32("code").unwrap_or_default();
+            let index = error.get_i32("index").unwrap_or_default() as usize;
+            if code != DUPLICATE_KEY {
+                let message = error.get_str("errmsg").unwrap_or("unknown write error");
+                let id = documents
+                    .get(index)
+                    .and_then(|d| d.get("_id"))
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                return Err(SinkError::Refused(format!(
+                    "MongoDB refused document _id {id}: {message} (code {code})"
+                )));
+            }
+            duplicates.push(index);
+        }
+        Ok(duplicates)
+    }
+}
+
+const DUPLICATE_KEY: i32 = 11000;
+
+/// JSON fields -> BSON, with declared timestamps as BSON dates so they
+/// sort and compare as dates in MongoDB.
+fn to_document(decl: &Output, row: &Row, id: Bson) -> Result<Document, SinkError> {
+    let mut document = Document::new();
+    document.insert("_id", id);
+    for (name, value) in &row.fields {
+        let is_timestamp = decl
+            .get_field(name)
+            .is_some_and(|f| f.ty == Type::Timestamp);
+        let bson = match value.as_str() {
+            Some(text) if is_timestamp => bson::DateTime::parse_rfc3339_str(text)
+                .map(Bson::DateTime)
+                .map_err(|e| SinkError::Refused(format!("field '{name}': {e}")))?,
+            _ => bson::to_bson(value)
+                .map_err(|e| SinkError::Refused(format!("field '{name}': {e}")))?,
+        };
+        document.insert(name.clone(), bson);
+    }
+    Ok(document)
+}
+
+fn approx_size(v: &Bson) -> usize {
+    match v {
+        Bson::String(s) => s.len() + 8,
+        Bson::Document(d) => d.iter().map(|(k, v)| k.len() + approx_size(v)).sum(),
+        Bson::Array(a) => a.iter().map(approx_size).sum(),
+        _ => 16,
+    }
+}
+
+fn unavailable(e: mongodb::error::Error) -> SinkError {
+    SinkError::Unavailable(format!("MongoDB: {e}"))
+}
+
+/// Server-side refusals of the data (bad document, duplicate unique key)
+/// are the data's fault; network and server trouble is retried.
+fn classify(e: mongodb::error::Error) -> SinkError {
+    use mongodb::error::ErrorKind;
+    match &*e.kind {
+        ErrorKind::Write(_) | ErrorKind::InsertMany(_) => {
+            SinkError::Refused(format!("MongoDB: {e}"))
+        }
+        ErrorKind::Command(c) if c.code == 11000 || c.code == 2 => {
+            SinkError::Refused(format!("MongoDB: {e}"))
+        }
+        _ => unavailable(e),
+    }
+}

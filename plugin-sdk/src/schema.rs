@@ -1,0 +1,469 @@
+//! Output declarations: what a plugin promises to emit, and the checks the
+//! host (and the native test harness) apply to every emitted value.
+
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputKind {
+    /// Stored as documents (MongoDB by default).
+    Document,
+    /// Stored as rows (MySQL by default).
+    Table,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// UTF-8 text with an optional maximum length in characters.
+    Text(Option<u32>),
+    Integer,
+    Float,
+    Boolean,
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Timestamp,
+    Json,
+}
+
+impl Type {
+    /// Text of at most `max_chars` characters: usable in keys and indexes.
+    pub const fn text(max_chars: u32) -> Type {
+        Type::Text(Some(max_chars))
+    }
+
+    pub const fn decimal(precision: u8, scale: u8) -> Type {
+        Type::Decimal { precision, scale }
+    }
+
+    fn indexable(&self) -> bool {
+        !matches!(self, Type::Text(None) | Type::Json)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub ty: Type,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub name: String,
+    pub fields: Vec<String>,
+    pub unique: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub name: String,
+    pub kind: OutputKind,
+    pub fields: Vec<Field>,
+    pub primary_key: Vec<String>,
+    pub indexes: Vec<Index>,
+}
+
+impl Output {
+    pub fn table(name: &str) -> Self {
+        Self::new(name, OutputKind::Table)
+    }
+
+    pub fn document(name: &str) -> Self {
+        Self::new(name, OutputKind::Document)
+    }
+
+    fn new(name: &str, kind: OutputKind) -> Self {
+        Output {
+            name: name.into(),
+            kind,
+            fields: vec![],
+            primary_key: vec![],
+            indexes: vec![],
+        }
+    }
+
+    /// A required (NOT NULL) field.
+    pub fn field(mut self, name: &str, ty: Type) -> Self {
+        self.fields.push(Field {
+            name: name.into(),
+            ty,
+            nullable: false,
+        });
+        self
+    }
+
+    /// A field that may be null or absent.
+    pub fn optional(mut self, name: &str, ty: Type) -> Self {
+        self.fields.push(Field {
+            name: name.into(),
+            ty,
+            nullable: true,
+        });
+        self
+    }
+
+    pub fn primary_key<const N: usize>(mut self, fields: [&str; N]) -> Self {
+        self.primary_key = fields.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    pub fn index<const N: usize>(self, name: &str, fields: [&str; N]) -> Self {
+        self.add_index(name, &fields, false)
+    }
+
+    pub fn unique_index<const N: usize>(self, name: &str, fields: [&str; N]) -> Self {
+        self.add_index(name, &fields, true)
+    }
+
+    fn add_index(mut self, name: &str, fields: &[&str], unique: bool) -> Self {
+        let fields = fields.iter().map(|f| f.to_string()).collect();
+        self.indexes.push(Index {
+            name: name.into(),
+            fields,
+            unique,
+        });
+        self
+    }
+
+    pub fn get_field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+/// What `describe` returns: the plugin's identity and outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    pub name: String,
+    pub version: String,
+    pub outputs: Vec<Output>,
+}
+
+impl Plugin {
+    pub fn new(name: &str, version: &str) -> Self {
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            outputs: vec![],
+        }
+    }
+
+    pub fn output(mut self, output: Output) -> Self {
+        self.outputs.push(output);
+        self
+    }
+
+    pub fn get_output(&self, name: &str) -> Option<&Output> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Checks the declaration is usable: names, keys, indexes, types.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("plugin name is empty".into());
+        }
+        let mut outputs = HashSet::new();
+        for o in &self.outputs {
+            check_identifier("output name", &o.name)?;
+            if !outputs.insert(o.name.as_str()) {
+                return Err(format!("output '{}' is declared twice", o.name));
+            }
+            o.validate()
+                .map_err(|e| format!("output '{}': {e}", o.name))?;
+        }
+        Ok(())
+    }
+}
+
+impl Output {
+    fn validate(&self) -> Result<(), String> {
+        let mut names = HashSet::new();
+        for f in &self.fields {
+            check_identifier("field name", &f.name)?;
+            if f.name == "_id" || !names.insert(f.name.as_str()) {
+                return Err(format!("field '{}' is declared twice or reserved", f.name));
+            }
+            if let Type::Decimal { precision, scale } = f.ty
+                && (precision == 0 || precision > 65 || scale > 30 || scale > precision)
+            {
+                return Err(format!(
+                    "field '{}': decimal({precision}, {scale}) needs 1 <= precision <= 65 and scale <= min(30, precision)",
+                    f.name
+                ));
+            }
+            if let Type::Text(Some(n)) = f.ty
+                && (n == 0 || n > 16_383)
+            {
+                return Err(format!(
+                    "field '{}': text length {n} must be 1..=16383",
+                    f.name
+                ));
+            }
+        }
+        if self.kind == OutputKind::Table && self.primary_key.is_empty() {
+            return Err("a table needs a primary key".into());
+        }
+        let key_fields = self.primary_key.iter().map(|k| (k, "primary key"));
+        let index_fields = self
+            .indexes
+            .iter()
+            .flat_map(|i| i.fields.iter().map(|f| (f, "index")));
+        for (name, what) in key_fields.chain(index_fields) {
+            let field = self
+                .get_field(name)
+                .ok_or_else(|| format!("{what} names undeclared field '{name}'"))?;
+            if self.kind == OutputKind::Table && !field.ty.indexable() {
+                return Err(format!(
+                    "{what} field '{name}' must be indexable: give text a maximum length, json cannot be a key"
+                ));
+            }
+            if what == "primary key" && field.nullable {
+                return Err(format!("primary key field '{name}' cannot be optional"));
+            }
+        }
+        let mut index_names = HashSet::new();
+        for i in &self.indexes {
+            check_identifier("index name", &i.name)?;
+            if i.fields.is_empty() || !index_names.insert(i.name.as_str()) {
+                return Err(format!("index '{}' is empty or declared twice", i.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one emitted value against this declaration and normalises it:
+    /// timestamps become RFC 3339 UTC strings with microseconds, decimals
+    /// become strings. Undeclared fields are refused for tables and kept for
+    /// documents (documents are open; their declared fields are checked).
+    pub fn check_value(&self, value: &mut Value) -> Result<(), String> {
+        let Value::Object(map) = value else {
+            return Err(format!("output '{}' must be a JSON object", self.name));
+        };
+        for f in &self.fields {
+            match map.get_mut(&f.name) {
+                None | Some(Value::Null) if f.nullable => {}
+                None | Some(Value::Null) => return Err(format!("field '{}' is required", f.name)),
+                Some(v) => check_field(f, v).map_err(|e| format!("field '{}': {e}", f.name))?,
+            }
+        }
+        if self.kind == OutputKind::Table
+            && let Some(extra) = map.keys().find(|k| self.get_field(k).is_none())
+        {
+            return Err(format!(
+                "field '{extra}' is not declared for table '{}'",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops no data; fills absent optional fields with null (tables need every column).
+    pub fn fill_nulls(&self, map: &mut Map<String, Value>) {
+        for f in &self.fields {
+            map.entry(f.name.clone()).or_insert(Value::Null);
+        }
+    }
+}
+
+fn check_field(f: &Field, v: &mut Value) -> Result<(), String> {
+    match (f.ty, &*v) {
+        (Type::Text(max), Value::String(s)) => {
+            if let Some(max) = max
+                && s.chars().count() > max as usize
+            {
+                return Err(format!("text longer than {max} characters"));
+            }
+        }
+        (Type::Integer, Value::Number(n)) if n.is_i64() => {}
+        (Type::Float, Value::Number(_)) => {}
+        (Type::Boolean, Value::Bool(_)) => {}
+        (Type::Decimal { precision, scale }, Value::Number(_) | Value::String(_)) => {
+            let text = match &*v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            check_decimal(&text, precision, scale)?;
+            *v = Value::String(text);
+        }
+        (Type::Timestamp, Value::String(s)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("'{s}' is not an RFC 3339 timestamp: {e}"))?;
+            *v = Value::String(format_utc(t.with_timezone(&chrono::Utc)));
+        }
+        (Type::Timestamp, Value::Number(n)) => {
+            let t = n
+                .as_i64()
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .ok_or_else(|| format!("{n} is not epoch milliseconds"))?;
+            *v = Value::String(format_utc(t));
+        }
+        (Type::Json, _) => {}
+        (ty, other) => {
+            return Err(format!(
+                "expected {}, got {}",
+                type_name(ty),
+                json_kind(other)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn format_utc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn check_decimal(text: &str, precision: u8, scale: u8) -> Result<(), String> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !all_digits(int) || !all_digits(frac) {
+        return Err(format!("'{text}' is not a decimal number"));
+    }
+    let int_digits = int.trim_start_matches('0').len();
+    if frac.len() > scale as usize || int_digits > (precision - scale) as usize {
+        return Err(format!(
+            "'{text}' does not fit decimal({precision}, {scale})"
+        ));
+    }
+    Ok(())
+}
+
+fn type_name(ty: Type) -> &'static str {
+    match ty {
+        Type::Text(_) => "text",
+        Type::Integer => "an integer",
+        Type::Float => "a number",
+        Type::Boolean => "a boolean",
+        Type::Decimal { .. } => "a decimal",
+        Type::Timestamp => "a timestamp",
+        Type::Json => "json",
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Names become SQL identifiers and MongoDB field names: keep them plain.
+pub fn check_identifier(what: &str, name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} '{name}' must match [A-Za-z_][A-Za-z0-9_]* (at most 64 characters)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn orders() -> Output {
+        Output::table("orders")
+            .field("id", Type::text(8))
+            .field("total", Type::decimal(6, 2))
+            .field("at", Type::Timestamp)
+            .optional("note", Type::Text(None))
+            .primary_key(["id"])
+    }
+
+    #[test]
+    fn valid_values_are_normalised() {
+        let mut v = json!({"id": "a1", "total": 12.5, "at": "2024-05-01T12:00:00+02:00"});
+        orders().check_value(&mut v).unwrap();
+        assert_eq!(v["total"], "12.5");
+        assert_eq!(v["at"], "2024-05-01T10:00:00.000000Z");
+        let mut v = json!({"id": "a1", "total": "-1234.00", "at": 0, "note": null});
+        orders().check_value(&mut v).unwrap();
+        assert_eq!(v["at"], "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (json!({"total": 1, "at": 0}), "field 'id' is required"),
+            (
+                json!({"id": 5, "total": 1, "at": 0}),
+                "field 'id': expected text, got a number",
+            ),
+            (
+                json!({"id": "123456789", "total": 1, "at": 0}),
+                "longer than 8",
+            ),
+            (
+                json!({"id": "a", "total": 10000, "at": 0}),
+                "does not fit decimal(6, 2)",
+            ),
+            (
+                json!({"id": "a", "total": "1.234", "at": 0}),
+                "does not fit",
+            ),
+            (json!({"id": "a", "total": "x", "at": 0}), "not a decimal"),
+            (
+                json!({"id": "a", "total": 1, "at": "yesterday"}),
+                "not an RFC 3339",
+            ),
+            (
+                json!({"id": "a", "total": 1, "at": 0, "extra": 1}),
+                "'extra' is not declared",
+            ),
+            (json!([1]), "must be a JSON object"),
+        ];
+        for (mut v, want) in cases {
+            let err = orders().check_value(&mut v).unwrap_err();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn invalid_declarations_are_refused() {
+        let no_key = Plugin::new("p", "1").output(Output::table("t").field("a", Type::Integer));
+        assert!(
+            no_key
+                .validate()
+                .unwrap_err()
+                .contains("needs a primary key")
+        );
+        let dup = Plugin::new("p", "1").output(
+            Output::document("d")
+                .field("a", Type::Integer)
+                .field("a", Type::Float),
+        );
+        assert!(dup.validate().unwrap_err().contains("declared twice"));
+        let text_key = Plugin::new("p", "1").output(
+            Output::table("t")
+                .field("a", Type::Text(None))
+                .primary_key(["a"]),
+        );
+        assert!(text_key.validate().unwrap_err().contains("maximum length"));
+        let ghost = Plugin::new("p", "1").output(
+            Output::table("t")
+                .field("a", Type::Integer)
+                .primary_key(["b"]),
+        );
+        assert!(
+            ghost
+                .validate()
+                .unwrap_err()
+                .contains("undeclared field 'b'")
+        );
+        let bad_name = Plugin::new("p", "1").output(Output::document("drop table;"));
+        assert!(bad_name.validate().unwrap_err().contains("must match"));
+        assert!(Plugin::new("p", "1").output(orders()).validate().is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the example plugins to wasm32-wasip2 and copies each .wasm into
+# plugins/, where `sluice run` loads and watches them.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  echo "usage: scripts/build-plugins.sh   build plugins/*/ to plugins/NAME.wasm"
+  exit 0
+fi
+cd "$ROOT/plugins"
+rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
+echo "==> building plugins (wasm32-wasip2, release)"
+cargo build --release --target wasm32-wasip2 --quiet
+for crate in */Cargo.toml; do
+  name="$(dirname "$crate")"
+  cp "target/wasm32-wasip2/release/$name.wasm" "$ROOT/plugins/$name.wasm"
+  echo "    plugins/$name.wasm ($(du -h "$ROOT/plugins/$name.wasm" | cut -f1))"
+done

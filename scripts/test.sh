@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: starts the local services (Kafka, FerretDB, MariaDB) if
+# they are not running, then unit tests, plugin tests and end-to-end tests.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  echo "usage: scripts/test.sh   start local services, run all tests"
+  exit 0
+fi
+cd "$ROOT"
+"$ROOT/scripts/services.sh" up
+echo "==> plugin tests (native)"
+(cd plugins && cargo test --quiet)
+echo "==> workspace tests (unit + end-to-end against the local services)"
+cargo test --workspace --quiet -- --test-threads=2

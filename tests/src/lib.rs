@@ -1,0 +1,199 @@
+//! Shared helpers for the end-to-end tests: the real local services
+//! (started by `scripts/services.sh up`), built plugins, unique names.
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn port(var: &str, default: u16) -> u16 {
+    std::env::var(var)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn kafka_brokers() -> String {
+    format!("127.0.0.1:{}", port("SLUICE_KAFKA_PORT", 9092))
+}
+
+pub fn mongo_uri() -> String {
+    format!("mongodb://127.0.0.1:{}", port("SLUICE_MONGO_PORT", 27017))
+}
+
+pub fn mysql_url() -> String {
+    format!(
+        "mysql://sluice:sluice@127.0.0.1:{}/sluice",
+        port("SLUICE_MYSQL_PORT", 3306)
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A name no earlier test run used: topics, tables and groups stay apart.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Builds the example plugins (once per test process) and returns the
+/// path of `NAME.wasm`; `v2` builds the plugin with its `v2` feature.
+pub fn plugin_wasm(name: &str, v2: bool) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    static BUILT_V2: OnceLock<()> = OnceLock::new();
+    let plugins = repo_root().join("plugins");
+    let (once, target_dir, extra): (_, _, &[&str]) = if v2 {
+        (
+            &BUILT_V2,
+            plugins.join("target/v2"),
+            &["-p", "orders", "--features", "orders/v2"],
+        )
+    } else {
+        (&BUILT, plugins.join("target"), &[])
+    };
+    once.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&plugins)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .args(extra)
+            .status()
+            .expect("run cargo to build plugins");
+        assert!(status.success(), "building plugins failed");
+    });
+    target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// A fresh plugins folder holding a copy of the given plugins.
+pub fn plugins_dir(plugins: &[(&str, &Path)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("sluice_plugins"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, wasm) in plugins {
+        std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+/// Replaces a file the way a deploy should: write aside, rename into place.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("Kafka is up (scripts/services.sh up)");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+/// Produces (key, value) events and waits for every acknowledgement.
+pub async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, String)]) {
+    let sends = events.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic).key(k).payload(v),
+            Duration::from_secs(30),
+        )
+    });
+    for r in futures::future::join_all(sends).await {
+        r.expect("event produced");
+    }
+}
+
+pub async fn mysql() -> sqlx::MySqlPool {
+    sqlx::MySqlPool::connect(&mysql_url())
+        .await
+        .expect("MariaDB is up (scripts/services.sh up)")
+}
+
+pub async fn mongo() -> mongodb::Database {
+    mongodb::Client::with_uri_str(mongo_uri())
+        .await
+        .unwrap()
+        .database("sluice")
+}
+
+/// Config text for one pipeline on the local services.
+pub fn config_toml(
+    plugins_dir: &Path,
+    pipeline: &str,
+    plugin: &str,
+    topic: &str,
+    routes: &str,
+) -> String {
+    format!(
+        r#"
+plugins_dir = "{dir}"
+[kafka]
+brokers = "{brokers}"
+[sinks.mongodb]
+type = "mongodb"
+uri = "{mongo}"
+database = "sluice"
+[sinks.mysql]
+type = "mysql"
+url = "{mysql}"
+[[pipelines]]
+name = "{pipeline}"
+plugin = "{plugin}"
+topics = ["{topic}"]
+batch = {{ max_records = 500, max_wait = "100ms" }}
+dead_letter = {{ name = "{pipeline}_dead_letters" }}
+{routes}
+"#,
+        dir = plugins_dir.display(),
+        brokers = kafka_brokers(),
+        mongo = mongo_uri(),
+        mysql = mysql_url(),
+    )
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

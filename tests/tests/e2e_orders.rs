@@ -1,0 +1,273 @@
+//! End to end on the real local services: Kafka -> orders plugin ->
+//! MariaDB (orders table) + FerretDB (order_events documents) + dead letters.
+
+use mongodb::bson::doc;
+use serde_json::json;
+use sluice::config::Config;
+use sluice::pipeline::RunMode;
+use sluice_tests::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn valid_event(i: usize) -> (String, String) {
+    let event = json!({
+        "id": format!("o-{i}"), "customer": format!("c-{}", i % 50),
+        "total": (i % 300) as f64 + 0.25, "created_at": format!("2024-05-01T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+        "status": "paid", "items": [{"sku": format!("sku-{}", i % 7), "qty": 1 + i % 3}],
+    });
+    (format!("o-{i}"), event.to_string())
+}
+
+async fn count_rows(pool: &sqlx::MySqlPool, table: &str) -> (i64, i64) {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM `{table}`"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
+    init_logs();
+    let topic = unique("orders");
+    let table = unique("orders");
+    let collection = unique("order_events");
+    create_topic(&topic, 3).await;
+
+    // 9,400 valid + 200 re-sent duplicates + 4 x 100 bad = 10,000 events.
+    let mut events: Vec<_> = (0..9_400).map(valid_event).collect();
+    events.extend((0..200).map(|i| valid_event(i * 7)));
+    for i in 0..100 {
+        events.push((format!("bad-{i}"), format!("{{not json {i}")));
+        events.push((
+            format!("noid-{i}"),
+            json!({"customer": "x", "total": 1, "created_at": "2024-05-01T10:00:00Z"}).to_string(),
+        ));
+        events.push((format!("type-{i}"), json!({"id": format!("type-{i}"), "customer": "x", "total": "lots", "created_at": "2024-05-01T10:00:00Z"}).to_string()));
+        events.push((format!("ts-{i}"), json!({"id": format!("ts-{i}"), "customer": "x", "total": 5, "created_at": "yesterday"}).to_string()));
+    }
+    assert_eq!(events.len(), 10_000);
+    produce(&producer(), &topic, &events).await;
+
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let routes = format!(
+        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
+    );
+    let pipeline = unique("e2e");
+    let config = Config::parse(
+        &config_toml(&dir, &pipeline, "orders", &topic, &routes),
+        Path::new("e2e.toml"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let host = sluice::Host::start(config).await.unwrap();
+    let stats = host.stats[&pipeline].clone();
+    host.run(std::future::pending(), RunMode::UntilDrained)
+        .await
+        .unwrap();
+    println!("drained 10,000 events in {:?}", started.elapsed());
+
+    let pool = mysql().await;
+    let (rows, distinct) = count_rows(&pool, &table).await;
+    let db = mongo().await;
+    let docs = db
+        .collection::<mongodb::bson::Document>(&collection)
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    let dead = db.collection::<mongodb::bson::Document>(&format!("{pipeline}_dead_letters"));
+    let dead_count = dead.count_documents(doc! {}).await.unwrap();
+    println!(
+        "produced 10000, rows {rows}, documents {docs}, dead letters {dead_count}, duplicates {}",
+        rows - distinct
+    );
+    assert_eq!(
+        (rows, distinct),
+        (9_400, 9_400),
+        "every valid order once in MySQL"
+    );
+    assert_eq!(
+        docs, 9_500,
+        "valid orders plus the 100 whose bad timestamp only breaks the table"
+    );
+    assert_eq!(dead_count, 400);
+    assert_eq!(stats.snapshot().records_in, 10_000);
+
+    // Dead letters say why, and where the record came from.
+    for (filter, want) in [
+        (doc! {"key": "bad-3"}, "value is not valid JSON"),
+        (doc! {"key": "noid-3"}, "order has no id"),
+        (doc! {"key": "type-3"}, "invalid type: string \"lots\""),
+        (
+            doc! {"key": "ts-3"},
+            "field 'created_at': 'yesterday' is not an RFC 3339 timestamp",
+        ),
+    ] {
+        let d = dead
+            .find_one(filter.clone())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("dead letter for {filter}"));
+        let reason = d.get_str("reason").unwrap();
+        assert!(reason.contains(want), "{reason:?} should contain {want:?}");
+        assert_eq!(d.get_str("topic").unwrap(), topic);
+        assert!(d.get_i64("offset").is_ok() && d.get_str("value").is_ok());
+    }
+    assert_eq!(
+        dead.count_documents(doc! {"stage": "schema"})
+            .await
+            .unwrap(),
+        100
+    );
+
+    // Values land typed: decimal, UTC timestamp, nested document.
+    let (total, created): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(total AS CHAR), CAST(created_at AS CHAR) FROM `{table}` WHERE order_id = 'o-61'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (total.as_str(), created.as_str()),
+        ("61.25", "2024-05-01 10:01:01.000000")
+    );
+    let event = db
+        .collection::<mongodb::bson::Document>(&collection)
+        .find_one(doc! {"_id": "o-61"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event
+            .get_document("event")
+            .unwrap()
+            .get_array("items")
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!event.get_bool("big_spender").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_wasm() {
+    init_logs();
+    let topic = unique("reload");
+    let table = unique("orders");
+    let collection = unique("order_events");
+    create_topic(&topic, 3).await;
+    let v1 = plugin_wasm("orders", false);
+    let v2 = std::fs::read(plugin_wasm("orders", true)).unwrap();
+    let dir = plugins_dir(&[("orders", &v1)]);
+    let routes = format!(
+        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
+    );
+    let pipeline = unique("reload");
+    let config = Config::parse(
+        &config_toml(&dir, &pipeline, "orders", &topic, &routes),
+        Path::new("reload.toml"),
+    )
+    .unwrap();
+    let host = sluice::Host::start(config).await.unwrap();
+    let stats = host.stats[&pipeline].clone();
+    let registry = host.registry.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running =
+        tokio::spawn(host.run(async { stopped.await.unwrap_or(()) }, RunMode::Continuous));
+
+    // A producer keeps writing while the plugin changes under the host.
+    const TOTAL: usize = 8_000;
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            let p = producer();
+            for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(400) {
+                let events: Vec<_> = chunk.iter().map(|&i| valid_event(i)).collect();
+                produce(&p, &topic, &events).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    });
+
+    let pool = mysql().await;
+    wait_for(Duration::from_secs(60), || async {
+        count_rows(&pool, &table).await.0 >= 1_000
+    })
+    .await;
+    let v1_hash = stats.serving.lock().unwrap().clone().unwrap();
+    let written = Instant::now();
+    replace_atomically(&dir.join("orders.wasm"), &v2);
+    wait_for(Duration::from_secs(30), || async {
+        stats.serving.lock().unwrap().as_deref() != Some(&v1_hash)
+    })
+    .await;
+    let reload = written.elapsed();
+    let v2_hash = stats.serving.lock().unwrap().clone().unwrap();
+    println!("hot reload: file written -> v2 serving in {reload:?}");
+
+    // A corrupt file, written in place non-atomically, is refused; v2 keeps serving.
+    std::fs::write(
+        dir.join("orders.wasm"),
+        b"\0asm\x01\0\0\0 this is not a component",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        registry.current("orders").unwrap().hash,
+        v2_hash,
+        "corrupt wasm must not replace v2"
+    );
+
+    producing.await.unwrap();
+    wait_for(Duration::from_secs(60), || async {
+        count_rows(&pool, &table).await.0 >= TOTAL as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let (rows, distinct) = count_rows(&pool, &table).await;
+    let by_status: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT status, COUNT(*) FROM `{table}` GROUP BY status ORDER BY status"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let docs = mongo()
+        .await
+        .collection::<mongodb::bson::Document>(&collection)
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    println!(
+        "reload run: produced {TOTAL}, rows {rows}, distinct {distinct}, documents {docs}, by plugin version {by_status:?}"
+    );
+    assert_eq!(
+        (rows, distinct, docs),
+        (TOTAL as i64, TOTAL as i64, TOTAL as u64)
+    );
+    assert_eq!(
+        by_status.len(),
+        2,
+        "both v1 ('paid') and v2 ('PAID') served: {by_status:?}"
+    );
+    assert_eq!(by_status.iter().map(|(_, n)| n).sum::<i64>(), TOTAL as i64);
+    assert_eq!(stats.snapshot().dead_letters, 0);
+}
+
+async fn wait_for<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
