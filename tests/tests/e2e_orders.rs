@@ -7,6 +7,8 @@ use sluice::config::Config;
 use sluice::pipeline::RunMode;
 use sluice_tests::*;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn valid_event(i: usize) -> (String, String) {
@@ -176,17 +178,21 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     let running =
         tokio::spawn(host.run(async { stopped.await.unwrap_or(()) }, RunMode::Continuous));
 
-    // A producer keeps writing while the plugin changes under the host.
-    const TOTAL: usize = 8_000;
+    // A producer keeps writing while the plugin changes under the host,
+    // until told to stop; it returns how many events it wrote.
+    let keep_producing = Arc::new(AtomicBool::new(true));
     let producing = tokio::spawn({
-        let topic = topic.clone();
+        let (topic, keep) = (topic.clone(), keep_producing.clone());
         async move {
             let p = producer();
-            for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(400) {
-                let events: Vec<_> = chunk.iter().map(|&i| valid_event(i)).collect();
+            let mut next = 0;
+            while keep.load(Ordering::Relaxed) {
+                let events: Vec<_> = (next..next + 200).map(valid_event).collect();
                 produce(&p, &topic, &events).await;
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                next += 200;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            next
         }
     });
 
@@ -219,9 +225,16 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
         "corrupt wasm must not replace v2"
     );
 
-    producing.await.unwrap();
+    // The host keeps going after the refused file.
+    let before = stats.snapshot().records_in;
+    wait_for(Duration::from_secs(30), || async {
+        stats.snapshot().records_in >= before + 1_000
+    })
+    .await;
+    keep_producing.store(false, Ordering::Relaxed);
+    let total = producing.await.unwrap();
     wait_for(Duration::from_secs(60), || async {
-        count_rows(&pool, &table).await.0 >= TOTAL as i64
+        count_rows(&pool, &table).await.0 >= total as i64
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -242,18 +255,18 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
         .await
         .unwrap();
     println!(
-        "reload run: produced {TOTAL}, rows {rows}, distinct {distinct}, documents {docs}, by plugin version {by_status:?}"
+        "reload run: produced {total}, rows {rows}, distinct {distinct}, documents {docs}, by plugin version {by_status:?}"
     );
     assert_eq!(
         (rows, distinct, docs),
-        (TOTAL as i64, TOTAL as i64, TOTAL as u64)
+        (total as i64, total as i64, total as u64)
     );
     assert_eq!(
         by_status.len(),
         2,
         "both v1 ('paid') and v2 ('PAID') served: {by_status:?}"
     );
-    assert_eq!(by_status.iter().map(|(_, n)| n).sum::<i64>(), TOTAL as i64);
+    assert_eq!(by_status.iter().map(|(_, n)| n).sum::<i64>(), total as i64);
     assert_eq!(stats.snapshot().dead_letters, 0);
 }
 
