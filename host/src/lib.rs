@@ -28,16 +28,44 @@ pub struct Host {
 }
 
 impl Host {
-    /// Loads plugins and checks routes without touching Kafka or databases.
+    /// Loads every `*.wasm` in the plugins folder without touching Kafka or
+    /// databases. A plugin a pipeline names must load; others that fail are
+    /// logged and skipped (a later fix to the file hot-loads them).
     pub fn load_plugins(config: &Config) -> anyhow::Result<Arc<Registry>> {
         let registry = Registry::new(Runtime::new()?, config.plugins_dir.clone());
-        for p in &config.pipelines {
-            if registry.current(&p.plugin).is_none() {
-                let version = registry.load(&p.plugin).map_err(|e| {
-                    anyhow::anyhow!("pipeline '{}': plugin '{}': {e}", p.name, p.plugin)
-                })?;
-                tracing::info!(plugin = %version.name, version = %version.info.version, hash = %version.short_hash(),
-                    outputs = version.info.outputs.len(), "plugin loaded");
+        let needed: std::collections::BTreeSet<&str> =
+            config.pipelines.iter().map(|p| p.plugin.as_str()).collect();
+        let mut names: std::collections::BTreeSet<String> =
+            needed.iter().map(|n| n.to_string()).collect();
+        if let Ok(entries) = std::fs::read_dir(&config.plugins_dir) {
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().is_some_and(|e| e == "wasm")
+                    && let Some(stem) = path.file_stem()
+                {
+                    names.insert(stem.to_string_lossy().into_owned());
+                }
+            }
+        }
+        for name in names {
+            match registry.load(&name) {
+                Ok(v) => {
+                    tracing::info!(plugin = %v.name, version = %v.info.version, hash = %v.short_hash(),
+                    outputs = v.info.outputs.len(), "plugin loaded")
+                }
+                Err(e) if needed.contains(name.as_str()) => {
+                    let pipeline = config
+                        .pipelines
+                        .iter()
+                        .find(|p| p.plugin == name)
+                        .map(|p| p.name.as_str());
+                    anyhow::bail!(
+                        "pipeline '{}': plugin '{name}': {e}",
+                        pipeline.unwrap_or_default()
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, "plugin not loaded (no pipeline uses it): {e}")
+                }
             }
         }
         Ok(registry)

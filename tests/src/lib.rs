@@ -197,3 +197,19 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The `sluice` binary of this workspace, built on first use.
+pub fn sluice_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(repo_root())
+            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .status()
+            .expect("run cargo to build sluice");
+        assert!(status.success(), "building sluice failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    target.join("debug/sluice")
+}
