@@ -78,7 +78,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             })
             .collect();
         let routes = sluice::router::Routes::resolve(&config, p, &version, &sinks)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         println!(
             "pipeline '{}': plugin {} {} ({})",
             p.name,
@@ -128,7 +128,9 @@ impl sluice::sink::Sink for NoSink {
 
 async fn run(path: PathBuf, until_drained: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let host = sluice::Host::start(config).await?;
+    let host = sluice::Host::start(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     let stats = host.stats.clone();
     let mode = if until_drained {
         RunMode::UntilDrained

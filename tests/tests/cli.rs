@@ -51,31 +51,33 @@ fn validate_shows_routes_and_names_the_bad_key() {
         "{stdout}"
     );
 
-    let config = write_config(&dir, &toml.replace("max_records", "max_recrods"));
-    let out = Command::new(sluice_bin())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains(&format!(
-            "{}: pipelines[0].batch.max_recrods: unknown field",
-            config.display()
-        )),
-        "{stderr}"
-    );
-
-    let config = write_config(&dir, &toml.replace("routes.orders", "routes.ordrs"));
-    let out = Command::new(sluice_bin())
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("routes.ordrs: plugin 'orders' declares no output 'ordrs' (it declares: orders, order_events)"), "{stderr}");
+    let broken = [
+        (
+            "max_records",
+            "max_recrods",
+            "pipelines[0].batch.max_recrods: unknown field",
+        ),
+        (
+            "routes.orders",
+            "routes.ordrs",
+            "routes.ordrs: plugin 'orders' declares no output 'ordrs' (it declares: orders, order_events)",
+        ),
+    ];
+    for (from, to, want) in broken {
+        let config = write_config(&dir, &toml.replace(from, to));
+        let out = Command::new(sluice_bin())
+            .args(["validate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&config.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(stderr.contains(want), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,15 +53,7 @@ async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
     produce(&producer(), &topic, &events).await;
 
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
-    let routes = format!(
-        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
-    );
-    let pipeline = unique("e2e");
-    let config = Config::parse(
-        &config_toml(&dir, &pipeline, "orders", &topic, &routes),
-        Path::new("e2e.toml"),
-    )
-    .unwrap();
+    let (config, pipeline) = orders_config(&dir, &topic, &table, &collection);
     let started = Instant::now();
     let host = sluice::Host::start(config).await.unwrap();
     let stats = host.stats[&pipeline].clone();
@@ -162,15 +154,7 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     let v1 = plugin_wasm("orders", false);
     let v2 = std::fs::read(plugin_wasm("orders", true)).unwrap();
     let dir = plugins_dir(&[("orders", &v1)]);
-    let routes = format!(
-        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
-    );
-    let pipeline = unique("reload");
-    let config = Config::parse(
-        &config_toml(&dir, &pipeline, "orders", &topic, &routes),
-        Path::new("reload.toml"),
-    )
-    .unwrap();
+    let (config, pipeline) = orders_config(&dir, &topic, &table, &collection);
     let host = sluice::Host::start(config).await.unwrap();
     let stats = host.stats[&pipeline].clone();
     let registry = host.registry.clone();
@@ -268,6 +252,19 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     );
     assert_eq!(by_status.iter().map(|(_, n)| n).sum::<i64>(), total as i64);
     assert_eq!(stats.snapshot().dead_letters, 0);
+}
+
+/// A pipeline running the orders plugin into a fresh table and collection.
+fn orders_config(dir: &Path, topic: &str, table: &str, collection: &str) -> (Config, String) {
+    let routes = format!(
+        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
+    );
+    let pipeline = unique("orders");
+    let toml = config_toml(dir, &pipeline, "orders", topic, &routes);
+    (
+        Config::parse(&toml, Path::new("orders.toml")).unwrap(),
+        pipeline,
+    )
 }
 
 async fn wait_for<F, Fut>(limit: Duration, mut condition: F)
