@@ -115,6 +115,17 @@ async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
         100
     );
 
+    // Tables, collections and indexes were created from the declarations.
+    let (key,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_NAME = '{table}' AND INDEX_NAME = 'by_customer'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(key, "customer");
+    let indexes = dead.list_index_names().await.unwrap();
+    assert!(indexes.contains(&"by_pipeline".to_string()), "{indexes:?}");
+
     // Values land typed: decimal, UTC timestamp, nested document.
     let (total, created): (String, String) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT CAST(total AS CHAR), CAST(created_at AS CHAR) FROM `{table}` WHERE order_id = 'o-61'"

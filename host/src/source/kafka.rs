@@ -44,7 +44,7 @@ pub struct KafkaSource {
     /// Next offset to process per partition, as far as this source knows.
     positions: HashMap<(String, i32), i64>,
     /// End offsets captured by `snapshot_ends`, for bounded runs.
-    ends: Option<HashMap<(String, i32), (i64, i64)>>,
+    ends: Option<Ends>,
 }
 
 impl KafkaSource {
@@ -126,26 +126,21 @@ impl KafkaSource {
     /// Records the current end offset of every partition of the topics:
     /// a bounded run processes up to these and stops.
     pub async fn snapshot_ends(&mut self) -> anyhow::Result<()> {
-        let consumer = self.consumer.clone();
-        let topics = self.topics.clone();
-        let (ends, committed) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let mut ends = HashMap::new();
-            let mut tpl = TopicPartitionList::new();
-            for topic in &topics {
-                let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
-                for t in metadata.topics() {
-                    for p in t.partitions() {
-                        let (low, high) =
-                            consumer.fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)?;
-                        ends.insert((topic.clone(), p.id()), (low, high));
-                        tpl.add_partition(topic, p.id());
-                    }
+        // A fresh broker answers NotCoordinator until the group coordinator
+        // (the __consumer_offsets topic) is loaded: retry for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let (ends, committed) = loop {
+            let consumer = self.consumer.clone();
+            let topics = self.topics.clone();
+            match tokio::task::spawn_blocking(move || read_ends(&consumer, &topics)).await? {
+                Ok(snapshot) => break snapshot,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "kafka: end offsets not available yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
+                Err(e) => anyhow::bail!("kafka: cannot read end offsets of {:?}: {e}", self.topics),
             }
-            let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
-            Ok((ends, committed))
-        })
-        .await??;
+        };
         for e in committed.elements() {
             if let Offset::Offset(o) = e.offset() {
                 self.positions
@@ -165,6 +160,31 @@ impl KafkaSource {
             })
         })
     }
+}
+
+type Ends = HashMap<(String, i32), (i64, i64)>;
+
+/// Low and high watermarks of every partition, and the group's committed offsets.
+fn read_ends(
+    consumer: &StreamConsumer,
+    topics: &[String],
+) -> anyhow::Result<(Ends, TopicPartitionList)> {
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                ends.insert(
+                    (topic.clone(), p.id()),
+                    consumer.fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)?,
+                );
+                tpl.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+    Ok((ends, committed))
 }
 
 /// Headers as (name, value) pairs borrowed from a message.

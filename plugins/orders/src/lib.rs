@@ -14,28 +14,57 @@ struct Event {
 
 impl Transform for Orders {
     fn describe() -> Plugin {
-        Plugin::new("orders", if cfg!(feature = "v2") { "2.0.0" } else { "1.0.0" })
-            .output(Output::table("orders")
-                .field("order_id", Type::text(64)).primary_key(["order_id"])
-                .field("customer", Type::text(128)).index("by_customer", ["customer"])
+        Plugin::new(
+            "orders",
+            if cfg!(feature = "v2") {
+                "2.0.0"
+            } else {
+                "1.0.0"
+            },
+        )
+        .output(
+            Output::table("orders")
+                .field("order_id", Type::text(64))
+                .primary_key(["order_id"])
+                .field("customer", Type::text(128))
+                .index("by_customer", ["customer"])
                 .field("total", Type::decimal(12, 2))
                 .field("created_at", Type::Timestamp)
-                .optional("status", Type::text(32)))
-            .output(Output::document("order_events")
-                .field("order_id", Type::text(64)).primary_key(["order_id"])
+                .optional("status", Type::text(32)),
+        )
+        .output(
+            Output::document("order_events")
+                .field("order_id", Type::text(64))
+                .primary_key(["order_id"])
                 .field("event", Type::Json)
-                .field("big_spender", Type::Boolean))
+                .field("big_spender", Type::Boolean),
+        )
     }
 
     fn process(record: &Record, out: &mut Emitter) -> Result<(), Error> {
         let event: Event = record.json()?;
-        let order_id = event.id.filter(|id| !id.is_empty()).ok_or(Error("order has no id".into()))?;
-        let status = event.status.map(|s| if cfg!(feature = "v2") { s.to_uppercase() } else { s });
+        let order_id = event
+            .id
+            .filter(|id| !id.is_empty())
+            .ok_or(Error("order has no id".into()))?;
+        let status = event.status.map(|s| {
+            if cfg!(feature = "v2") {
+                s.to_uppercase()
+            } else {
+                s
+            }
+        });
         let big_spender = event.total.as_f64().unwrap_or(0.0) >= 100.0;
-        out.emit("orders", json!({ "order_id": order_id, "customer": event.customer,
-            "total": event.total, "created_at": event.created_at, "status": status }))?;
-        out.emit("order_events", json!({ "order_id": order_id, "big_spender": big_spender,
-            "event": record.json::<Value>()? }))
+        out.emit(
+            "orders",
+            json!({ "order_id": order_id, "customer": event.customer,
+            "total": event.total, "created_at": event.created_at, "status": status }),
+        )?;
+        out.emit(
+            "order_events",
+            json!({ "order_id": order_id, "big_spender": big_spender,
+            "event": record.json::<Value>()? }),
+        )
     }
 }
 
@@ -52,7 +81,9 @@ mod tests {
             "created_at": "2024-05-01T10:00:00Z", "status": "paid", "items": [{"sku": "x"}]});
         let out = run::<Orders>(&[
             TestRecord::json(good),
-            TestRecord::json(json!({"customer": "bob", "total": 1, "created_at": "2024-05-01T10:00:00Z"})),
+            TestRecord::json(
+                json!({"customer": "bob", "total": 1, "created_at": "2024-05-01T10:00:00Z"}),
+            ),
             TestRecord::value("{not json"),
         ]);
         assert_eq!(out.on("orders").len(), 1);
