@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, each a ratio against a baseline measured in the same run:
 #   transform   the orders plugin in the WASM sandbox vs the same code native
+#   reload      file renamed into plugins/ -> new version current (p50, max)
 # Results are printed and written to bench/transform.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,9 +10,11 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 cd "$ROOT"
-(cd plugins && cargo build --release --target wasm32-wasip2 --quiet -p orders)
+"$ROOT/scripts/build-plugins.sh"
 mkdir -p bench
+export ORDERS_WASM="$ROOT/plugins/target/wasm32-wasip2/release/orders.wasm"
 for batch in 100 1000; do
-  ORDERS_WASM="$ROOT/plugins/target/wasm32-wasip2/release/orders.wasm" BATCH=$batch \
-    cargo bench --quiet -p sluice --bench transform
+  BATCH=$batch cargo bench --quiet -p sluice --bench transform
 done | tee bench/transform.txt
+ORDERS_V2_WASM="$ROOT/plugins/target/v2/wasm32-wasip2/release/orders.wasm" BATCH=1000 \
+  cargo bench --quiet -p sluice --bench transform | tail -n 1 | tee -a bench/transform.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example plugins to wasm32-wasip2 and copies each .wasm into
-# plugins/, where `sluice run` loads and watches them.
+# plugins/, where `sluice run` loads and watches them. Also builds orders
+# "v2" into plugins/target/v2 for the hot-reload test and benchmark.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -16,3 +17,5 @@ for crate in */Cargo.toml; do
   cp "target/wasm32-wasip2/release/$name.wasm" "$ROOT/plugins/$name.wasm"
   echo "    plugins/$name.wasm ($(du -h "$ROOT/plugins/$name.wasm" | cut -f1))"
 done
+cargo build --release --target wasm32-wasip2 --quiet --target-dir target/v2 -p orders --features orders/v2
+echo "    plugins/target/v2/wasm32-wasip2/release/orders.wasm (orders v2, for the reload test)"

@@ -9,9 +9,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 cd "$ROOT"
 "$ROOT/scripts/services.sh" up
-echo "==> building the example plugins to wasm (v1, and orders v2 for the hot-reload test)"
-(cd plugins && cargo build --release --target wasm32-wasip2 --quiet &&
-  cargo build --release --target wasm32-wasip2 --quiet --target-dir target/v2 -p orders --features orders/v2)
+"$ROOT/scripts/build-plugins.sh"
 echo "==> plugin tests (native)"
 (cd plugins && cargo test --quiet)
 echo "==> workspace tests (unit + end-to-end against the local services)"

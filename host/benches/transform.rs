@@ -15,7 +15,7 @@ fn main() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(1000);
-    let wasm = std::env::var("ORDERS_WASM")
+    let wasm_path = std::env::var("ORDERS_WASM")
         .expect("ORDERS_WASM=path/to/orders.wasm (scripts/bench.sh sets it)");
     let values: Vec<String> = (0..RECORDS)
         .map(|i| {
@@ -51,7 +51,7 @@ fn main() {
 
     let registry = Registry::new(Runtime::new().unwrap(), std::path::PathBuf::from("."));
     let version = registry
-        .load_path(std::path::Path::new(&wasm), Instant::now())
+        .load_path(std::path::Path::new(&wasm_path), Instant::now())
         .expect("load orders.wasm");
     let mut instance = Instance::new(version, Limits::default()).unwrap();
 
@@ -79,6 +79,53 @@ fn main() {
     );
     println!("  native  {:>9.0} records/s", n);
     println!("  wasm    {:>9.0} records/s   ({:.2}x native)", w, w / n);
+
+    if let Ok(v2) = std::env::var("ORDERS_V2_WASM") {
+        let l = reload_latencies(
+            std::path::Path::new(&wasm_path),
+            std::path::Path::new(&v2),
+            20,
+        );
+        let size = std::fs::metadata(&wasm_path).unwrap().len() / 1024;
+        println!(
+            "hot reload of the {size} KiB plugin, file renamed into place -> new version current, 20 reloads: p50 {:?}, max {:?}",
+            l[l.len() / 2],
+            l[l.len() - 1]
+        );
+    }
+}
+
+/// Hot reload: a new file renamed into a watched folder until the registry
+/// serves it, alternating two versions. Returns sorted latencies.
+fn reload_latencies(v1: &std::path::Path, v2: &std::path::Path, reloads: usize) -> Vec<Duration> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("orders.wasm");
+    std::fs::copy(v1, &target).unwrap();
+    let registry = Registry::new(Runtime::new().unwrap(), dir.clone());
+    registry.load("orders").unwrap();
+    let _watcher = rt.block_on(async { sluice::runtime::watch(registry.clone()).unwrap() });
+    let mut latencies = Vec::new();
+    for i in 0..reloads {
+        let source = if i % 2 == 0 { v2 } else { v1 };
+        let before = registry.current("orders").unwrap().hash.clone();
+        let tmp = dir.join("orders.wasm.tmp");
+        std::fs::copy(source, &tmp).unwrap();
+        let start = Instant::now();
+        std::fs::rename(&tmp, &target).unwrap();
+        while registry.current("orders").unwrap().hash == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "reload never happened"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies
 }
 
 fn time(f: impl FnOnce()) -> Duration {
