@@ -10,6 +10,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 cd "$ROOT"
+"$ROOT/scripts/prereqs.sh"
 "$ROOT/scripts/build-plugins.sh"
 mkdir -p bench
 export ORDERS_WASM="$ROOT/plugins/target/wasm32-wasip2/release/orders.wasm"

@@ -9,7 +9,6 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 cd "$ROOT/plugins"
-rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
 echo "==> building plugins (wasm32-wasip2, release)"
 cargo build --release --target wasm32-wasip2 --quiet
 for crate in */Cargo.toml; do

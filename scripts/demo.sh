@@ -10,6 +10,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 EVENTS="${1:-2000}"
 cd "$ROOT"
+"$ROOT/scripts/prereqs.sh"
 KAFKA="127.0.0.1:${SLUICE_KAFKA_PORT:-9092}"
 
 "$ROOT/scripts/services.sh" up

@@ -8,6 +8,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 cd "$ROOT"
+"$ROOT/scripts/prereqs.sh"
 "$ROOT/scripts/services.sh" up
 "$ROOT/scripts/build-plugins.sh"
 echo "==> plugin tests (native)"

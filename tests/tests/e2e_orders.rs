@@ -213,7 +213,15 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
         b"\0asm\x01\0\0\0 this is not a component",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(Duration::from_secs(30), || async {
+        !registry.rejections().is_empty()
+    })
+    .await;
+    let rejection = registry.rejections().join("\n");
+    assert!(
+        rejection.contains("orders.wasm: not a WebAssembly component"),
+        "{rejection}"
+    );
     assert_eq!(
         registry.current("orders").unwrap().hash,
         v2_hash,

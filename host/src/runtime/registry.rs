@@ -12,6 +12,8 @@ pub struct Registry {
     pub runtime: Runtime,
     pub dir: PathBuf,
     current: RwLock<HashMap<String, Arc<PluginVersion>>>,
+    /// Files refused on reload, newest last: what a status page would show.
+    rejections: std::sync::Mutex<Vec<String>>,
 }
 
 impl Registry {
@@ -20,6 +22,7 @@ impl Registry {
             runtime,
             dir,
             current: RwLock::default(),
+            rejections: Default::default(),
         })
     }
 
@@ -43,6 +46,15 @@ impl Registry {
         let mut current = self.current.write().unwrap();
         current.insert(version.name.clone(), version.clone());
         Ok(version)
+    }
+
+    pub fn reject(&self, reason: String) {
+        self.rejections.lock().unwrap().push(reason);
+    }
+
+    /// Reasons files were refused on reload, oldest first.
+    pub fn rejections(&self) -> Vec<String> {
+        self.rejections.lock().unwrap().clone()
     }
 
     /// Whether a file holds the version already current (a touch, or a

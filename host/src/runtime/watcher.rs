@@ -97,8 +97,11 @@ fn reload(registry: &Registry, path: PathBuf, detected_at: Instant) -> Option<Pa
     match registry.load_path(&path, detected_at) {
         Ok(v) => tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
             load_ms = detected_at.elapsed().as_millis() as u64, "plugin reloaded; pipelines switch at their next batch"),
-        Err(e) => tracing::error!(plugin = %name, file = %path.display(),
-            "plugin reload rejected, previous version keeps serving: {e}"),
+        Err(e) => {
+            tracing::error!(plugin = %name, file = %path.display(),
+                "plugin reload rejected, previous version keeps serving: {e}");
+            registry.reject(e.to_string());
+        }
     }
     None
 }
