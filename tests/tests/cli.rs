@@ -92,7 +92,11 @@ async fn sigterm_after_work_commits_offsets_and_exits_zero() {
     produce(&producer(), &topic, &events).await;
 
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
-    let routes = format!("routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}");
+    // Fresh names for both outputs: nothing lands in the demo's collections.
+    let collection = unique("order_events");
+    let routes = format!(
+        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
+    );
     let config = write_config(
         &dir,
         &config_toml(&dir, &pipeline, "orders", &topic, &routes),
