@@ -180,6 +180,7 @@ impl Pipeline {
             version.clone(),
             self.limits.clone(),
             writer.finish(),
+            records.len(),
             |i| {
                 let m = &batch.messages[i];
                 let mut w = BatchWriter::default();

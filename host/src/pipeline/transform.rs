@@ -19,9 +19,9 @@ pub async fn run(
     version: Arc<PluginVersion>,
     limits: Limits,
     packed: Vec<u8>,
+    count: usize,
     single: impl Fn(usize) -> Vec<u8>,
 ) -> anyhow::Result<Transformed> {
-    let count = sluice_plugin_sdk::abi::decode_batch(&packed)?.len();
     let v = version.clone();
     let l = limits.clone();
     let (instance, result) = tokio::task::spawn_blocking(move || {
