@@ -1,19 +1,24 @@
 //! Sluice: Kafka -> sandboxed WebAssembly transform -> MongoDB / MySQL.
 //!
-//! `Host::start` loads the config's plugins, connects the sinks and creates
-//! the declared tables, collections and indexes; `Host::run` consumes until
-//! shutdown. `run(config, shutdown)` does both, for tests and `main`.
+//! `Host::start` loads the config's plugins, connects the sinks, creates
+//! the declared tables, collections and indexes and opens the run ledger;
+//! `Host::run` runs the pipelines by their schedules until shutdown.
+//! `run(config, shutdown)` does both, for tests and `main`.
 
+pub mod api;
 pub mod config;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;
+pub mod scheduler;
 pub mod sink;
 pub mod source;
 
 use config::Config;
-use pipeline::{Pipeline, RunMode, Stats};
+use pipeline::{Pipeline, Stats};
 use runtime::{Registry, Runtime};
+use scheduler::ledger::{Ledger, RunState, Trigger};
+use scheduler::{RunRequest, Work};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +30,16 @@ pub struct Host {
     pipelines: Vec<Pipeline>,
     /// Per pipeline, live counters.
     pub stats: BTreeMap<String, Arc<Stats>>,
+    pub ledger: Arc<Ledger>,
+}
+
+/// How `Host::run` runs the pipelines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Each pipeline by its schedule, until shutdown; the API is served.
+    Scheduled,
+    /// One manual run per pipeline over what its topics hold now, then stop.
+    Once,
 }
 
 impl Host {
@@ -75,6 +90,7 @@ impl Host {
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let config = Arc::new(config);
         let registry = Self::load_plugins(&config)?;
+        let ledger = Arc::new(Ledger::open(&config).await?);
         let sinks = sink::connect_all(&config.sinks).await?;
         for (name, sink) in &sinks {
             sink.healthcheck()
@@ -87,7 +103,8 @@ impl Host {
         for p in &config.pipelines {
             let mut pipeline =
                 Pipeline::new(p.clone(), config.clone(), registry.clone(), sinks.clone());
-            pipeline.prepare(&mut no_shutdown).await?;
+            let version = pipeline.version()?;
+            pipeline.prepare(&version, &mut no_shutdown, true).await?;
             stats.insert(p.name.clone(), pipeline.stats.clone());
             pipelines.push(pipeline);
         }
@@ -96,11 +113,12 @@ impl Host {
             registry,
             pipelines,
             stats,
+            ledger,
         })
     }
 
-    /// Runs every pipeline until `shutdown` resolves (or, in `UntilDrained`
-    /// mode, until all are caught up). Hot-reloads plugins meanwhile.
+    /// Runs the pipelines until `shutdown` resolves (or, in `Once` mode,
+    /// until each finished its run). Hot-reloads plugins meanwhile.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()>,
@@ -111,9 +129,59 @@ impl Host {
         })?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        let mut api_pipelines = BTreeMap::new();
         for p in self.pipelines {
-            tasks.spawn(p.run(stop_rx.clone(), mode));
+            let name = p.config.name.clone();
+            let ledger = self.ledger.clone();
+            let stop = stop_rx.clone();
+            match mode {
+                RunMode::Once => {
+                    tasks.spawn(async move {
+                        let mut p = p;
+                        let request = RunRequest::new(Trigger::Manual, Work::Pending);
+                        let id = ledger
+                            .create(&request.ledger_row(&name, RunState::Running))
+                            .await?;
+                        match scheduler::execute(&mut p, &ledger, id, &request, stop).await {
+                            RunState::Succeeded => Ok(()),
+                            _ => Err(anyhow::anyhow!(
+                                "pipeline '{name}': run {id} failed (see `sluice runs show {id}`)"
+                            )),
+                        }
+                    });
+                }
+                RunMode::Scheduled => {
+                    let schedule = scheduler::Schedule::from_config(&p.config.schedule).map_err(
+                        |(key, e)| anyhow::anyhow!("pipeline '{name}': schedule{key}: {e}"),
+                    )?;
+                    let (handle, commands) = scheduler::Handle::new(&schedule);
+                    api_pipelines.insert(name, (p.config.plugin.clone(), handle.clone()));
+                    tasks.spawn(scheduler::drive(p, ledger, stop, commands, handle.status));
+                }
+            }
         }
+        let api = match mode {
+            RunMode::Scheduled if self.config.api.enabled => {
+                let state = api::ApiState {
+                    ledger: self.ledger.clone(),
+                    registry: self.registry.clone(),
+                    pipelines: api_pipelines,
+                };
+                let mut stop = stop_rx.clone();
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                match api::serve(self.config.api.listen, state, stopped).await {
+                    Ok(api) => Some(api),
+                    Err(e) => {
+                        let _ = stop_tx.send(true);
+                        while tasks.join_next().await.is_some() {}
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         let reporter = tokio::spawn(report_progress(self.stats.clone()));
         tokio::pin!(shutdown);
         let mut first_error = None;
@@ -129,7 +197,9 @@ impl Host {
                     Some(Ok(Err(e))) => {
                         tracing::error!("{e:#}");
                         first_error.get_or_insert(e);
-                        let _ = stop_tx.send(true);
+                        if mode == RunMode::Scheduled {
+                            let _ = stop_tx.send(true);
+                        }
                     }
                     Some(Err(e)) => {
                         first_error.get_or_insert(anyhow::anyhow!("pipeline task panicked: {e}"));
@@ -137,6 +207,10 @@ impl Host {
                     }
                 }
             }
+        }
+        let _ = stop_tx.send(true);
+        if let Some(api) = api {
+            let _ = api.await;
         }
         reporter.abort();
         first_error.map_or(Ok(()), Err)
@@ -147,7 +221,7 @@ impl Host {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     Host::start(config)
         .await?
-        .run(shutdown, RunMode::Continuous)
+        .run(shutdown, RunMode::Scheduled)
         .await
 }
 

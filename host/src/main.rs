@@ -1,8 +1,10 @@
 //! The `sluice` command line.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
+use sluice::RunMode;
 use sluice::config::Config;
-use sluice::pipeline::RunMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,12 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipelines of a config file until SIGINT/SIGTERM.
+    /// Run the pipelines of a config file by their schedules until SIGINT/SIGTERM.
     Run {
         /// Pipeline config (TOML).
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
-        /// Stop once every pipeline processed what its topics held at start.
+        /// Run each pipeline once over what its topics hold now, then exit.
         #[arg(long)]
         until_drained: bool,
     },
@@ -31,6 +33,43 @@ enum Command {
         /// Pipeline config (TOML).
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
+    },
+    /// The run ledger, newest first (read directly; the host need not run).
+    #[command(args_conflicts_with_subcommands = true)]
+    Runs {
+        #[command(subcommand)]
+        show: Option<cli::RunsCommand>,
+        #[command(flatten)]
+        list: cli::RunsArgs,
+    },
+    /// Start a run of a scheduled pipeline now (queued if one is going).
+    Trigger {
+        /// Pipeline name.
+        pipeline: String,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Reprocess the records whose Kafka timestamps fall in [FROM, TO).
+    /// Writes are upserts, so nothing is duplicated; offsets do not move.
+    Backfill {
+        /// Pipeline name.
+        pipeline: String,
+        /// Start, inclusive: RFC 3339 (`2026-11-30T08:00:00Z`) or `2h ago`.
+        #[arg(long, value_parser = cli::parse_time)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End, exclusive: RFC 3339, `10m ago` or `now`.
+        #[arg(long, value_parser = cli::parse_time)]
+        to: chrono::DateTime<chrono::Utc>,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Each pipeline's schedule, next run, last run and plugin version.
+    Pipelines {
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -44,14 +83,26 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    let block_on = |f: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>>>>| {
+        tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(f))
+    };
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run {
             config,
             until_drained,
-        } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(config, until_drained))),
+        } => block_on(Box::pin(run(config, until_drained))),
+        Command::Runs { show, list } => block_on(Box::pin(cli::runs(show, list))),
+        Command::Trigger { pipeline, config } => cli::trigger(&config, &pipeline),
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            config,
+        } => cli::backfill(&config, &pipeline, from, to),
+        Command::Pipelines { config, json } => cli::pipelines(&config, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,9 +184,9 @@ async fn run(path: PathBuf, until_drained: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     let stats = host.stats.clone();
     let mode = if until_drained {
-        RunMode::UntilDrained
+        RunMode::Once
     } else {
-        RunMode::Continuous
+        RunMode::Scheduled
     };
     host.run(shutdown_signal(), mode).await?;
     for (name, s) in stats {

@@ -164,6 +164,9 @@ pub fn config_toml(
     format!(
         r#"
 plugins_dir = "{dir}"
+state_dir = "{dir}/state"
+[api]
+enabled = false
 [kafka]
 brokers = "{brokers}"
 [sinks.mongodb]

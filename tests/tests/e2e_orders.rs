@@ -3,8 +3,8 @@
 
 use mongodb::bson::doc;
 use serde_json::json;
+use sluice::RunMode;
 use sluice::config::Config;
-use sluice::pipeline::RunMode;
 use sluice_tests::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
     let started = Instant::now();
     let host = sluice::Host::start(config).await.unwrap();
     let stats = host.stats[&pipeline].clone();
-    host.run(std::future::pending(), RunMode::UntilDrained)
+    host.run(std::future::pending(), RunMode::Once)
         .await
         .unwrap();
     println!("drained 10,000 events in {:?}", started.elapsed());
@@ -170,8 +170,7 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     let stats = host.stats[&pipeline].clone();
     let registry = host.registry.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running =
-        tokio::spawn(host.run(async { stopped.await.unwrap_or(()) }, RunMode::Continuous));
+    let running = tokio::spawn(host.run(async { stopped.await.unwrap_or(()) }, RunMode::Scheduled));
 
     // A producer keeps writing while the plugin changes under the host,
     // until told to stop; it returns how many events it wrote.

@@ -44,6 +44,55 @@ pub struct Config {
     /// The pipelines this host runs.
     #[serde(default)]
     pub pipelines: Vec<PipelineConfig>,
+    /// Folder for the host's own state (the embedded run ledger).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where the run ledger lives.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// The local HTTP API used by `sluice trigger`, `backfill`, `pipelines`.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".sluice")
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// A `mysql` sink whose database holds the ledger (table `sluice_runs`);
+    /// default: SQLite at `STATE_DIR/ledger.db`.
+    pub sink: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address to listen on; keep it on loopback, the API has no auth.
+    #[serde(default = "default_api_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_api_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 7878).into()
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: default_api_listen(),
+        }
+    }
 }
 
 fn default_plugins_dir() -> PathBuf {
@@ -119,6 +168,94 @@ pub struct PipelineConfig {
     /// Sandbox limits for this pipeline's plugin.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// When runs start: continuously (default), on an interval or by cron.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// How a failed scheduled run is retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Start a run this long after the previous one was due (`"30s"`, `"5m"`).
+    #[serde(default, with = "duration::option")]
+    pub every: Option<Duration>,
+    /// Cron expression, 5 fields or 6 with seconds first (`"0 */5 * * * *"`).
+    pub cron: Option<String>,
+    /// Time zone of the cron expression (IANA name); default UTC.
+    pub timezone: Option<String>,
+    /// Ticks missed while the host was down: `"one"` run for all of them, or `"none"`.
+    #[serde(default)]
+    pub catchup: Catchup,
+    /// A run still going after this long is flagged in the log and the ledger.
+    #[serde(default, with = "duration::option")]
+    pub deadline: Option<Duration>,
+    /// Continuous mode: close the current ledger run after this long...
+    #[serde(default = "default_roll_after", with = "duration")]
+    pub roll_after: Duration,
+    /// ...or after this many records, whichever comes first.
+    #[serde(default = "default_roll_records")]
+    pub roll_records: u64,
+}
+
+fn default_roll_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_roll_records() -> u64 {
+    100_000
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            every: None,
+            cron: None,
+            timezone: None,
+            catchup: Catchup::default(),
+            deadline: None,
+            roll_after: default_roll_after(),
+            roll_records: default_roll_records(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Catchup {
+    #[default]
+    One,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per run, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles each time, with +-20% jitter.
+    #[serde(default = "default_backoff", with = "duration")]
+    pub backoff: Duration,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: default_max_attempts(),
+            backoff: default_backoff(),
+        }
+    }
 }
 
 impl PipelineConfig {
@@ -289,6 +426,26 @@ impl Config {
                 && !self.sinks.contains_key(sink)
             {
                 return Err((key("dead_letter.sink"), self.unknown_sink(sink)));
+            }
+            crate::scheduler::Schedule::from_config(&p.schedule)
+                .map_err(|(k, e)| (key(&format!("schedule{k}")), e))?;
+            if p.retry.max_attempts == 0 {
+                return Err((key("retry.max_attempts"), "must be at least 1".into()));
+            }
+        }
+        if let Some(sink) = &self.ledger.sink {
+            match self.sinks.get(sink) {
+                None => return Err(("ledger.sink".into(), self.unknown_sink(sink))),
+                Some(s) if s.kind() != "mysql" => {
+                    return Err((
+                        "ledger.sink".into(),
+                        format!(
+                            "sink '{sink}' is {}; the ledger needs a mysql sink (or no `ledger.sink` for the embedded SQLite ledger)",
+                            s.kind()
+                        ),
+                    ));
+                }
+                Some(_) => {}
             }
         }
         Ok(())

@@ -1,6 +1,12 @@
 //! One pipeline: Kafka batch -> plugin -> validated outputs -> sinks ->
 //! offset commit. A batch is committed only after every sink acknowledged
 //! it, and each batch is served by exactly one plugin version.
+//!
+//! Two ways to consume: `run_continuous` follows the topics as a member of
+//! the consumer group, recording rolling runs in the ledger; `run_bounded`
+//! processes exactly a planned range of offsets (a scheduled run, a manual
+//! trigger, a backfill) and gives up on the first sink error, leaving the
+//! retry to the scheduler.
 
 mod stats;
 mod transform;
@@ -10,21 +16,15 @@ pub use stats::{Stats, StatsSnapshot};
 use crate::config::{Config, PipelineConfig};
 use crate::router::{self, DeadLetterContext, Routes, Stage};
 use crate::runtime::{Instance, Limits, PluginVersion, Registry};
+use crate::scheduler::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
 use crate::sink::{Row, SinkError, Sinks};
-use crate::source::{Batch, KafkaSource, headers};
+use crate::source::{Batch, KafkaSource, PartitionRange, headers};
 use rdkafka::Message as _;
 use sluice_plugin_sdk::abi::{BatchWriter, Headers, Record};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Whether a pipeline runs forever or stops once caught up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunMode {
-    Continuous,
-    /// Process what the topics held at start, then stop.
-    UntilDrained,
-}
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -60,7 +60,26 @@ impl Pipeline {
         }
     }
 
-    fn version(&self) -> anyhow::Result<Arc<PluginVersion>> {
+    /// A fresh pipeline with the same config, plugin and sinks, sharing the
+    /// counters: runs beside the continuous consumer (backfills) use one.
+    pub fn sibling(&self) -> Pipeline {
+        Pipeline {
+            stats: self.stats.clone(),
+            ..Pipeline::new(
+                self.config.clone(),
+                self.global.clone(),
+                self.registry.clone(),
+                self.sinks.clone(),
+            )
+        }
+    }
+
+    pub fn global_config(&self) -> &Config {
+        &self.global
+    }
+
+    /// The plugin version currently loaded for this pipeline.
+    pub fn version(&self) -> anyhow::Result<Arc<PluginVersion>> {
         self.registry.current(&self.config.plugin).ok_or_else(|| {
             anyhow::anyhow!(
                 "pipeline '{}': plugin '{}' is not loaded",
@@ -70,99 +89,161 @@ impl Pipeline {
         })
     }
 
-    /// Resolves this pipeline's routes for the current plugin version and
-    /// creates tables, collections and indexes. Errors name the config key.
+    /// Resolves this pipeline's routes for a plugin version and creates
+    /// tables, collections and indexes. Errors name the config key.
+    /// `persist`: retry sink errors until shutdown instead of failing.
     pub async fn prepare(
         &mut self,
+        version: &PluginVersion,
         shutdown: &mut watch::Receiver<bool>,
+        persist: bool,
     ) -> anyhow::Result<Arc<Routes>> {
-        let version = self.version()?;
         if let Some((hash, routes)) = &self.routes
             && *hash == version.hash
         {
             return Ok(routes.clone());
         }
-        let routes = Routes::resolve(&self.global, &self.config, &version, &self.sinks)
+        let routes = Routes::resolve(&self.global, &self.config, version, &self.sinks)
             .map_err(anyhow::Error::msg)?;
         let routes = Arc::new(routes);
-        let name = self.config.name.clone();
-        retry(
-            &self.stats,
-            shutdown,
-            &format!("pipeline '{name}': preparing sinks"),
-            || routes.prepare(),
-        )
-        .await?;
+        let what = format!("pipeline '{}': preparing sinks", self.config.name);
+        if persist {
+            retry(&self.stats, shutdown, &what, || routes.prepare()).await?;
+        } else {
+            routes
+                .prepare()
+                .await
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        }
         self.routes = Some((version.hash.clone(), routes.clone()));
         Ok(routes)
     }
 
-    pub async fn run(
-        mut self,
+    /// Follows the topics until shutdown, as a member of the consumer group.
+    /// Picks up new plugin versions between batches; the ledger gets one
+    /// run per `roll_after`/`roll_records` slice and per plugin version.
+    pub async fn run_continuous(
+        &mut self,
         mut shutdown: watch::Receiver<bool>,
-        mode: RunMode,
-    ) -> anyhow::Result<Arc<Stats>> {
+        ledger: &Ledger,
+    ) -> anyhow::Result<()> {
         let name = self.config.name.clone();
-        let mut source = KafkaSource::new(
+        let mut source = KafkaSource::subscribed(
             &self.global.kafka,
             &self.config.group_id(),
             &self.config.topics,
         )?;
-        if mode == RunMode::UntilDrained {
-            source.snapshot_ends().await?;
-        }
-        tracing::info!(pipeline = %name, topics = ?self.config.topics, group = %self.config.group_id(), "pipeline started");
-        let done = |source: &KafkaSource| mode == RunMode::UntilDrained && source.drained();
-        while !*shutdown.borrow() && !done(&source) {
+        tracing::info!(pipeline = %name, topics = ?self.config.topics, group = %self.config.group_id(), "pipeline started (continuous)");
+        let mut slice: Option<Slice> = None;
+        let result = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
             let batch = tokio::select! {
                 batch = source.next_batch(self.config.batch.max_records, self.config.batch.max_wait) => batch?,
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Ok(()),
             };
             if batch.is_empty() {
                 continue;
             }
+            let version = self.version()?;
+            if slice.as_ref().is_some_and(|s| s.hash != version.hash) {
+                slice.take().unwrap().close(ledger, Ok(())).await;
+            }
+            if slice.is_none() {
+                slice = Some(Slice::open(ledger, &name, &version).await);
+            }
+            let current = slice.as_mut().unwrap();
             // The batch in flight is finished even if shutdown arrives now;
             // only a sink outage during shutdown leaves it uncommitted.
-            if !self.process(&batch, &mut shutdown).await? {
-                break;
-            }
+            let done = match self.process(&batch, &version, &mut shutdown, true).await {
+                Ok(Some(done)) => done,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
             let commit = || async {
                 source
                     .commit(&batch)
                     .await
                     .map_err(|e| SinkError::Unavailable(format!("{e:#}")))
             };
-            retry(
-                &self.stats,
-                &mut shutdown,
-                &format!("pipeline '{name}': committing offsets"),
-                commit,
-            )
-            .await?;
+            let what = format!("pipeline '{name}': committing offsets");
+            if let Err(e) = retry(&self.stats, &mut shutdown, &what, commit).await {
+                break Err(e);
+            }
             source.advance(&batch);
+            current.totals.add(&batch, done);
+            let schedule = &self.config.schedule;
+            if current.started.elapsed() >= schedule.roll_after
+                || current.totals.records_in >= schedule.roll_records
+            {
+                slice.take().unwrap().close(ledger, Ok(())).await;
+            }
+        };
+        if let Some(slice) = slice {
+            slice.close(ledger, result.as_ref().map(|_| ())).await;
         }
         tracing::info!(pipeline = %name, stats = ?self.stats.snapshot(), "pipeline stopped");
-        Ok(self.stats)
+        result
     }
 
-    /// Transforms and writes one batch. `Ok(false)`: shutdown arrived while
-    /// a sink was down; nothing was committed.
+    /// Processes exactly `ranges` with one plugin version and stops. Commits
+    /// offsets after each batch when `commit` (a backfill does not). The
+    /// first sink error ends the attempt; totals count what was written.
+    pub async fn run_bounded(
+        &mut self,
+        ranges: &[PartitionRange],
+        commit: bool,
+        version: &Arc<PluginVersion>,
+        shutdown: &mut watch::Receiver<bool>,
+        totals: &mut RunTotals,
+    ) -> anyhow::Result<()> {
+        let mut source = KafkaSource::bounded(&self.global.kafka, &self.config.group_id(), ranges)?;
+        while !source.drained() {
+            if *shutdown.borrow() {
+                anyhow::bail!(
+                    "the host is shutting down; the rest of the range goes to the next run"
+                );
+            }
+            let batch = tokio::select! {
+                batch = source.next_batch(self.config.batch.max_records, self.config.batch.max_wait) => batch?,
+                _ = shutdown.changed() => continue,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(done) = self.process(&batch, version, shutdown, false).await? else {
+                unreachable!("a bounded run does not wait for sinks")
+            };
+            if commit {
+                source.commit(&batch).await?;
+            }
+            source.advance(&batch);
+            totals.add(&batch, done);
+        }
+        Ok(())
+    }
+
+    /// Transforms and writes one batch. `persist`: retry sink errors until
+    /// they succeed (`Ok(None)` if shutdown came first, nothing written for
+    /// sure); otherwise the first sink error is returned.
     async fn process(
         &mut self,
         batch: &Batch,
+        version: &Arc<PluginVersion>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<bool> {
+        persist: bool,
+    ) -> anyhow::Result<Option<BatchDone>> {
         let started = Instant::now();
-        let routes = match self.prepare(shutdown).await {
+        let routes = match self.prepare(version, shutdown, persist).await {
             Ok(routes) => routes,
-            Err(e) if *shutdown.borrow() => {
+            Err(e) if persist && *shutdown.borrow() => {
                 tracing::warn!(pipeline = %self.config.name, "stopping before the batch was written: {e:#}");
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        let version = self.version()?;
-        self.switch_to(&version);
+        self.switch_to(version);
 
         let records: Vec<Record> = batch.messages.iter().map(to_record).collect();
         let mut writer = BatchWriter::with_capacity(
@@ -194,7 +275,7 @@ impl Pipeline {
         let transform_ms = started.elapsed().as_millis() as u64;
         let ctx = DeadLetterContext {
             pipeline: &self.config.name,
-            plugin: &version,
+            plugin: version,
         };
         let mut routed = router::route(&records, transformed.result, &routes, &ctx);
         for (i, reason) in &transformed.trapped {
@@ -206,19 +287,31 @@ impl Pipeline {
             tracing::debug!(pipeline = %self.config.name, id = %dl.id, reason = %dl.fields["reason"], "dead letter");
         }
 
-        let written: usize = routed.rows.values().map(Vec::len).sum();
         let what = format!("pipeline '{}': writing batch", self.config.name);
         let write = || write_all(&routes, &routed.rows, &routed.dead_letters);
-        if retry(&self.stats, shutdown, &what, write).await.is_err() {
-            return Ok(false);
+        if persist {
+            if retry(&self.stats, shutdown, &what, write).await.is_err() {
+                return Ok(None);
+            }
+        } else {
+            write().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         }
+        let done = BatchDone {
+            outputs: routed
+                .rows
+                .iter()
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect(),
+            dead_letters: routed.dead_letters.len(),
+        };
+        let written: usize = done.outputs.values().sum();
         Stats::add(&self.stats.batches, 1);
         Stats::add(&self.stats.records_in, batch.len());
         Stats::add(&self.stats.rows_written, written);
-        Stats::add(&self.stats.dead_letters, routed.dead_letters.len());
+        Stats::add(&self.stats.dead_letters, done.dead_letters);
         tracing::debug!(pipeline = %self.config.name, records = batch.len(), rows = written,
-            dead_letters = routed.dead_letters.len(), transform_ms, ms = started.elapsed().as_millis() as u64, "batch done");
-        Ok(true)
+            dead_letters = done.dead_letters, transform_ms, ms = started.elapsed().as_millis() as u64, "batch done");
+        Ok(Some(done))
     }
 
     /// Moves to a new plugin version between batches.
@@ -238,10 +331,104 @@ impl Pipeline {
     }
 }
 
+/// What one batch wrote.
+pub struct BatchDone {
+    pub outputs: BTreeMap<String, usize>,
+    pub dead_letters: usize,
+}
+
+impl RunTotals {
+    /// Adds a written batch: its counts and its offsets.
+    pub fn add(&mut self, batch: &Batch, done: BatchDone) {
+        self.records_in += batch.len() as u64;
+        self.dead_letters += done.dead_letters as u64;
+        for (output, n) in done.outputs {
+            *self.outputs.entry(output).or_default() += n as u64;
+        }
+        let mut first = BTreeMap::new();
+        for m in &batch.messages {
+            let e = first
+                .entry((m.topic(), m.partition()))
+                .or_insert(m.offset());
+            *e = (*e).min(m.offset());
+        }
+        for ((topic, partition), next) in batch.next_offsets() {
+            let from = first[&(topic.as_str(), partition)];
+            match self
+                .offsets
+                .iter_mut()
+                .find(|r| r.topic == topic && r.partition == partition)
+            {
+                Some(r) => {
+                    r.from = r.from.min(from);
+                    r.to = r.to.max(next);
+                }
+                None => self.offsets.push(PartitionRange {
+                    topic,
+                    partition,
+                    from,
+                    to: next,
+                }),
+            }
+        }
+    }
+}
+
+/// The ledger run a continuous pipeline is currently adding to.
+struct Slice {
+    id: Option<i64>,
+    hash: String,
+    started: Instant,
+    totals: RunTotals,
+}
+
+impl Slice {
+    async fn open(ledger: &Ledger, pipeline: &str, version: &PluginVersion) -> Slice {
+        let new = NewRun {
+            pipeline,
+            trigger: Trigger::Continuous,
+            state: RunState::Running,
+            scheduled_for: None,
+            attempt: 1,
+            retry_of: None,
+            note: None,
+        };
+        let id = match ledger.create(&new).await {
+            Ok(id) => ledger
+                .start(id, &PluginRef::from(version))
+                .await
+                .map(|()| id),
+            Err(e) => Err(e),
+        };
+        Slice {
+            id: id
+                .inspect_err(|e| tracing::warn!(pipeline, "run ledger: {e:#}"))
+                .ok(),
+            hash: version.hash.clone(),
+            started: Instant::now(),
+            totals: RunTotals::default(),
+        }
+    }
+
+    async fn close(self, ledger: &Ledger, result: Result<(), &anyhow::Error>) {
+        let Some(id) = self.id else { return };
+        let (state, error) = match result {
+            Ok(()) => (RunState::Succeeded, None),
+            Err(e) => (RunState::Failed, Some(format!("{e:#}"))),
+        };
+        if let Err(e) = ledger
+            .finish(id, state, &self.totals, error.as_deref(), None)
+            .await
+        {
+            tracing::warn!(run = id, "run ledger: {e:#}");
+        }
+    }
+}
+
 /// All writes of one batch. Safe to repeat: every write is an upsert.
 async fn write_all(
     routes: &Routes,
-    rows: &std::collections::BTreeMap<String, Vec<Row>>,
+    rows: &BTreeMap<String, Vec<Row>>,
     dead_letters: &[Row],
 ) -> Result<(), SinkError> {
     for (output, rows) in rows {

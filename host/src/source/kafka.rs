@@ -1,10 +1,11 @@
 //! Kafka consumer: batches by count and time, explicit commits after the
-//! sinks acknowledged, and "drained" detection for bounded runs.
+//! sinks acknowledged; bounded consumers for scheduled runs and backfills.
 
 use crate::config::KafkaConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers as _, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,57 +39,210 @@ impl Batch {
     }
 }
 
+/// Offsets `[from, to)` of one partition: what a bounded run processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl PartitionRange {
+    pub fn len(&self) -> u64 {
+        (self.to - self.from).max(0) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+type Tp = (String, i32);
+/// Low and high watermark per partition.
+type Watermarks = HashMap<Tp, (i64, i64)>;
+
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer>,
-    topics: Vec<String>,
+    /// Bounded runs: the end offset of each partition, exclusive.
+    ends: Option<HashMap<Tp, i64>>,
     /// Next offset to process per partition, as far as this source knows.
-    positions: HashMap<(String, i32), i64>,
-    /// End offsets captured by `snapshot_ends`, for bounded runs.
-    ends: Option<Ends>,
+    positions: HashMap<Tp, i64>,
+}
+
+/// Client settings shared by every consumer of a group.
+fn client(config: &KafkaConfig, group_id: &str) -> anyhow::Result<ClientConfig> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", group_id)
+        .set("client.id", format!("sluice-{group_id}"))
+        // Offsets are committed by us, after the sinks acknowledged.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &config.options {
+        let value = value
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("kafka.options.{key}: {e}"))?;
+        client.set(key, value);
+    }
+    Ok(client)
+}
+
+fn consumer<C: rdkafka::config::FromClientConfig>(
+    config: &KafkaConfig,
+    group_id: &str,
+) -> anyhow::Result<C> {
+    client(config, group_id)?
+        .create()
+        .map_err(|e| anyhow::anyhow!("kafka: cannot create consumer for group '{group_id}': {e}"))
 }
 
 impl KafkaSource {
-    pub fn new(config: &KafkaConfig, group_id: &str, topics: &[String]) -> anyhow::Result<Self> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.brokers)
-            .set("group.id", group_id)
-            .set("client.id", format!("sluice-{group_id}"))
-            // Offsets are committed by us, after the sinks acknowledged.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        for (key, value) in &config.options {
-            let value = value
-                .resolve()
-                .map_err(|e| anyhow::anyhow!("kafka.options.{key}: {e}"))?;
-            client.set(key, value);
-        }
-        let consumer: StreamConsumer = client.create().map_err(|e| {
-            anyhow::anyhow!("kafka: cannot create consumer for group '{group_id}': {e}")
-        })?;
+    /// A consumer that joins the group and follows the topics forever.
+    pub fn subscribed(
+        config: &KafkaConfig,
+        group_id: &str,
+        topics: &[String],
+    ) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = consumer(config, group_id)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
             .map_err(|e| anyhow::anyhow!("kafka: cannot subscribe to {names:?}: {e}"))?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
-            topics: topics.to_vec(),
-            positions: HashMap::new(),
             ends: None,
+            positions: HashMap::new(),
         })
     }
 
+    /// A consumer of exactly `ranges`; `drained()` once all are processed.
+    pub fn bounded(
+        config: &KafkaConfig,
+        group_id: &str,
+        ranges: &[PartitionRange],
+    ) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = consumer(config, group_id)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        let mut positions = HashMap::new();
+        for r in ranges.iter().filter(|r| !r.is_empty()) {
+            tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.from))?;
+            ends.insert((r.topic.clone(), r.partition), r.to);
+            positions.insert((r.topic.clone(), r.partition), r.from);
+        }
+        if tpl.count() > 0 {
+            consumer
+                .assign(&tpl)
+                .map_err(|e| anyhow::anyhow!("kafka: cannot assign {tpl:?}: {e}"))?;
+        }
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            ends: Some(ends),
+            positions,
+        })
+    }
+
+    /// What a scheduled run of the group processes: from the committed
+    /// offset (or the start of the partition) to the current end.
+    pub async fn pending(
+        config: &KafkaConfig,
+        group_id: &str,
+        topics: &[String],
+    ) -> anyhow::Result<Vec<PartitionRange>> {
+        let consumer: Arc<BaseConsumer> = Arc::new(consumer(config, group_id)?);
+        let names = topics.to_vec();
+        let topics = topics.to_vec();
+        with_coordinator_retry(&names, move || {
+            let (watermarks, partitions) = read_watermarks(&consumer, &topics)?;
+            let committed = consumer.committed_offsets(partitions, METADATA_TIMEOUT)?;
+            let mut ranges = Vec::new();
+            for e in committed.elements() {
+                let tp = (e.topic().to_string(), e.partition());
+                let (low, high) = watermarks[&tp];
+                let from = match e.offset() {
+                    Offset::Offset(o) => o.max(low),
+                    _ => low,
+                };
+                ranges.push(PartitionRange {
+                    topic: tp.0,
+                    partition: tp.1,
+                    from,
+                    to: high.max(from),
+                });
+            }
+            Ok(ranges)
+        })
+        .await
+    }
+
+    /// The offsets of the records whose Kafka timestamps fall in
+    /// `[from_ms, to_ms)`, per partition.
+    pub async fn between_times(
+        config: &KafkaConfig,
+        group_id: &str,
+        topics: &[String],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> anyhow::Result<Vec<PartitionRange>> {
+        let consumer: Arc<BaseConsumer> = Arc::new(consumer(config, group_id)?);
+        let names = topics.to_vec();
+        let topics = topics.to_vec();
+        with_coordinator_retry(&names, move || {
+            let (watermarks, partitions) = read_watermarks(&consumer, &topics)?;
+            let offset_at = |ms: i64| -> anyhow::Result<HashMap<Tp, i64>> {
+                let mut tpl = TopicPartitionList::new();
+                for e in partitions.elements() {
+                    tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
+                }
+                let found = consumer.offsets_for_times(tpl, METADATA_TIMEOUT)?;
+                Ok(found
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let tp = (e.topic().to_string(), e.partition());
+                        let offset = match e.offset() {
+                            Offset::Offset(o) => o,
+                            _ => watermarks[&tp].1, // no record that late
+                        };
+                        (tp, offset)
+                    })
+                    .collect())
+            };
+            let (starts, ends) = (offset_at(from_ms)?, offset_at(to_ms)?);
+            let mut ranges: Vec<_> = starts
+                .into_iter()
+                .map(|(tp, from)| PartitionRange {
+                    to: ends[&tp].max(from),
+                    topic: tp.0,
+                    partition: tp.1,
+                    from,
+                })
+                .collect();
+            ranges.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            Ok(ranges)
+        })
+        .await
+    }
+
     /// Waits for up to `max` records, returning early after `max_wait` once
-    /// at least one arrived (or with none if nothing came).
+    /// at least one arrived (or with none if nothing came). A bounded source
+    /// never returns records at or past its end offsets.
     pub async fn next_batch(&mut self, max: usize, max_wait: Duration) -> anyhow::Result<Batch> {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut messages = Vec::with_capacity(max.min(10_000));
         while messages.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
-                Ok(Ok(m)) => messages.push(m.detach()),
+                Ok(Ok(m)) => {
+                    let m = m.detach();
+                    if self.within_bounds(&m) {
+                        messages.push(m);
+                    }
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka: consumer error (librdkafka retries)");
                     if messages.is_empty() {
@@ -98,7 +252,28 @@ impl KafkaSource {
                 }
             }
         }
+        if messages.is_empty() && self.ends.is_some() {
+            // Offsets taken by transaction markers are never delivered:
+            // trust the consumer's position once nothing more comes.
+            if let Ok(tpl) = self.consumer.position() {
+                for e in tpl.elements() {
+                    if let (Offset::Offset(o), Some(p)) = (
+                        e.offset(),
+                        self.positions
+                            .get_mut(&(e.topic().to_string(), e.partition())),
+                    ) {
+                        *p = (*p).max(o);
+                    }
+                }
+            }
+        }
         Ok(Batch { messages })
+    }
+
+    fn within_bounds(&self, m: &OwnedMessage) -> bool {
+        let Some(ends) = &self.ends else { return true };
+        ends.get(&(m.topic().to_string(), m.partition()))
+            .is_some_and(|end| m.offset() < *end)
     }
 
     /// Commits the batch's offsets synchronously. Call only after every sink
@@ -118,64 +293,72 @@ impl KafkaSource {
             .map_err(|e| anyhow::anyhow!("kafka: offset commit failed (batch will be re-delivered; writes are idempotent): {e}"))
     }
 
-    /// Records that a committed batch was fully processed.
+    /// Records that a batch was fully processed; a bounded source stops
+    /// fetching partitions that reached their end.
     pub fn advance(&mut self, batch: &Batch) {
         self.positions.extend(batch.next_offsets());
-    }
-
-    /// Records the current end offset of every partition of the topics:
-    /// a bounded run processes up to these and stops.
-    pub async fn snapshot_ends(&mut self) -> anyhow::Result<()> {
-        // A fresh broker answers NotCoordinator until the group coordinator
-        // (the __consumer_offsets topic) is loaded: retry for a while.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let (ends, committed) = loop {
-            let consumer = self.consumer.clone();
-            let topics = self.topics.clone();
-            match tokio::task::spawn_blocking(move || read_ends(&consumer, &topics)).await? {
-                Ok(snapshot) => break snapshot,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "kafka: end offsets not available yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(ends) = &self.ends {
+            let mut done = TopicPartitionList::new();
+            for ((topic, partition), next) in batch.next_offsets() {
+                if ends
+                    .get(&(topic.clone(), partition))
+                    .is_some_and(|end| next >= *end)
+                {
+                    done.add_partition(&topic, partition);
                 }
-                Err(e) => anyhow::bail!("kafka: cannot read end offsets of {:?}: {e}", self.topics),
             }
-        };
-        for e in committed.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                self.positions
-                    .entry((e.topic().to_string(), e.partition()))
-                    .or_insert(o);
+            if done.count() > 0 {
+                let _ = self.consumer.pause(&done);
             }
         }
-        self.ends = Some(ends);
-        Ok(())
     }
 
-    /// True once every partition reached the end captured by `snapshot_ends`.
+    /// A bounded source: true once every partition reached its end.
     pub fn drained(&self) -> bool {
         self.ends.as_ref().is_some_and(|ends| {
-            ends.iter().all(|(tp, (low, high))| {
-                high <= low || self.positions.get(tp).is_some_and(|p| p >= high)
-            })
+            ends.iter()
+                .all(|(tp, end)| self.positions.get(tp).is_some_and(|p| p >= end))
         })
     }
 }
 
-type Ends = HashMap<(String, i32), (i64, i64)>;
-
-/// Low and high watermarks of every partition, and the group's committed offsets.
-fn read_ends(
-    consumer: &StreamConsumer,
+/// A fresh broker answers NotCoordinator until the group coordinator (the
+/// `__consumer_offsets` topic) is loaded: retry for a while.
+async fn with_coordinator_retry<T: Send + 'static>(
     topics: &[String],
-) -> anyhow::Result<(Ends, TopicPartitionList)> {
-    let mut ends = HashMap::new();
+    read: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+) -> anyhow::Result<T> {
+    let read = Arc::new(read);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = read.clone();
+        match tokio::task::spawn_blocking(move || attempt()).await? {
+            Ok(value) => return Ok(value),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "kafka: offsets not available yet; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => anyhow::bail!("kafka: cannot read the offsets of {topics:?}: {e}"),
+        }
+    }
+}
+
+/// Low and high watermarks of every partition of the topics, and the list
+/// of those partitions.
+fn read_watermarks(
+    consumer: &BaseConsumer,
+    topics: &[String],
+) -> anyhow::Result<(Watermarks, TopicPartitionList)> {
+    let mut watermarks = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
         for t in metadata.topics() {
+            if let Some(e) = t.error() {
+                anyhow::bail!("topic '{topic}': {:?}", e);
+            }
             for p in t.partitions() {
-                ends.insert(
+                watermarks.insert(
                     (topic.clone(), p.id()),
                     consumer.fetch_watermarks(topic, p.id(), METADATA_TIMEOUT)?,
                 );
@@ -183,8 +366,7 @@ fn read_ends(
             }
         }
     }
-    let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
-    Ok((ends, committed))
+    Ok((watermarks, tpl))
 }
 
 /// Headers as (name, value) pairs borrowed from a message.

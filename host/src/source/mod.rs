@@ -3,4 +3,4 @@
 
 mod kafka;
 
-pub use kafka::{Batch, KafkaSource, headers};
+pub use kafka::{Batch, KafkaSource, PartitionRange, headers};

@@ -1,0 +1,62 @@
+//! The CLI's side of the API (`sluice trigger`, `backfill`, `pipelines`).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(listen: std::net::SocketAddr) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            base: format!("http://{listen}"),
+            agent,
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.answer(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
+        self.answer(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .send_json(body),
+        )
+    }
+
+    fn answer<T: DeserializeOwned>(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<T> {
+        let mut response = response.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the sluice host at {} ({e}); is `sluice run` running with this config? (its address is `api.listen`)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .body_mut()
+            .read_json()
+            .map_err(|e| anyhow::anyhow!("{}: unreadable answer ({status}): {e}", self.base))?;
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("no reason given");
+            anyhow::bail!("{message}");
+        }
+        Ok(serde_json::from_value(body)?)
+    }
+}

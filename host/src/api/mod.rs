@@ -1,0 +1,214 @@
+//! The host's local HTTP API: pipelines and their schedules, the run
+//! ledger, manual triggers and backfills. JSON in and out; it listens on
+//! loopback by default and has no authentication, so keep it there.
+//!
+//! | method | path                               | what                          |
+//! |--------|------------------------------------|-------------------------------|
+//! | GET    | /v1/health                         | `{"status":"ok"}`             |
+//! | GET    | /v1/pipelines                      | schedule, next and last run   |
+//! | GET    | /v1/runs?pipeline=P&limit=N        | ledger, newest first          |
+//! | GET    | /v1/runs/{id}                      | one run                       |
+//! | POST   | /v1/pipelines/{name}/trigger       | start (or queue) a run now    |
+//! | POST   | /v1/pipelines/{name}/backfill      | `{"from": T, "to": T}` RFC 3339 |
+
+pub mod client;
+
+use crate::runtime::Registry;
+use crate::scheduler::ledger::{Ledger, Run};
+use crate::scheduler::{Command, Handle};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub struct ApiState {
+    pub ledger: Arc<Ledger>,
+    pub registry: Arc<Registry>,
+    /// Per pipeline: its plugin name and its scheduler.
+    pub pipelines: BTreeMap<String, (String, Handle)>,
+}
+
+/// One line of `sluice pipelines`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineView {
+    pub name: String,
+    pub schedule: String,
+    pub next_run: Option<DateTime<Utc>>,
+    /// Id of the run going now.
+    pub running: Option<i64>,
+    pub queued: usize,
+    pub last_run: Option<Run>,
+    pub plugin: String,
+    pub plugin_version: Option<String>,
+    pub plugin_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackfillRequest {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// The answer to a trigger or backfill.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    pub run: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    limit: Option<u32>,
+}
+
+type ApiError = (StatusCode, Json<serde_json::Value>);
+type Reply<T> = Result<Json<T>, ApiError>;
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+    (
+        status,
+        Json(serde_json::json!({ "error": message.to_string() })),
+    )
+}
+
+/// Binds `listen` (an error names `api.listen`) and serves until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("api.listen: cannot listen on {listen}: {e} (another sluice host? set `api.listen` or `api.enabled = false`)")
+    })?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the API has no authentication and listens beyond loopback");
+    }
+    let app = Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/pipelines", get(pipelines))
+        .route("/v1/runs", get(runs))
+        .route("/v1/runs/{id}", get(run))
+        .route("/v1/pipelines/{name}/trigger", post(trigger))
+        .route("/v1/pipelines/{name}/backfill", post(backfill))
+        .with_state(Arc::new(state));
+    tracing::info!(%listen, "API listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("API server stopped: {e}");
+        }
+    }))
+}
+
+async fn pipelines(State(state): State<Arc<ApiState>>) -> Reply<Vec<PipelineView>> {
+    let mut views = Vec::new();
+    for (name, (plugin, handle)) in &state.pipelines {
+        let status = handle.status.lock().unwrap().clone();
+        let last_run = state
+            .ledger
+            .list(Some(name), 1)
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
+            .pop();
+        let version = state.registry.current(plugin);
+        views.push(PipelineView {
+            name: name.clone(),
+            schedule: status.schedule,
+            next_run: status.next_run,
+            running: status.running,
+            queued: status.queued,
+            last_run,
+            plugin: plugin.clone(),
+            plugin_version: version.as_ref().map(|v| v.info.version.clone()),
+            plugin_hash: version.as_ref().map(|v| v.hash.clone()),
+        });
+    }
+    Ok(Json(views))
+}
+
+async fn runs(State(state): State<Arc<ApiState>>, Query(q): Query<RunsQuery>) -> Reply<Vec<Run>> {
+    state
+        .ledger
+        .list(q.pipeline.as_deref(), q.limit.unwrap_or(20))
+        .await
+        .map(Json)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+}
+
+async fn run(State(state): State<Arc<ApiState>>, Path(id): Path<i64>) -> Reply<Run> {
+    match state.ledger.get(id).await {
+        Ok(Some(run)) => Ok(Json(run)),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("no run {id}"))),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))),
+    }
+}
+
+async fn trigger(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Reply<Submitted> {
+    send(&state, &name, |reply| Command::Trigger { reply }).await
+}
+
+async fn backfill(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Json(window): Json<BackfillRequest>,
+) -> Reply<Submitted> {
+    if window.from >= window.to {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "--from ({}) must be before --to ({})",
+                window.from, window.to
+            ),
+        ));
+    }
+    send(&state, &name, |reply| Command::Backfill {
+        from: window.from,
+        to: window.to,
+        reply,
+    })
+    .await
+}
+
+async fn send(
+    state: &ApiState,
+    name: &str,
+    command: impl FnOnce(oneshot::Sender<Result<i64, String>>) -> Command,
+) -> Reply<Submitted> {
+    let Some((_, handle)) = state.pipelines.get(name) else {
+        let known: Vec<&str> = state.pipelines.keys().map(String::as_str).collect();
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no pipeline '{name}' (this host runs: {})",
+                known.join(", ")
+            ),
+        ));
+    };
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("pipeline '{name}' is stopping"),
+        )
+    };
+    handle
+        .commands
+        .send(command(tx))
+        .await
+        .map_err(|_| gone())?;
+    match rx.await.map_err(|_| gone())? {
+        Ok(run) => Ok(Json(Submitted { run })),
+        Err(e) => Err(error(StatusCode::CONFLICT, e)),
+    }
+}

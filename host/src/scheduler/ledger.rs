@@ -1,0 +1,407 @@
+//! The run ledger: every run of every pipeline, kept in SQLite in the state
+//! folder by default, or in the database of a `mysql` sink. One table,
+//! `sluice_runs`, written through sqlx's `Any` driver so both backends
+//! share the same queries.
+
+use crate::config::{Config, SinkConfig};
+use crate::source::PartitionRange;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use sqlx::Row as _;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use std::collections::BTreeMap;
+
+/// Why a run started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// A tick of the pipeline's interval or cron schedule.
+    Schedule,
+    /// One run for the ticks missed while the host was down.
+    Catchup,
+    /// `sluice trigger`, or `sluice run --until-drained`.
+    Manual,
+    /// Another attempt of a failed run.
+    Retry,
+    /// `sluice backfill`: a time window reprocessed, offsets not moved.
+    Backfill,
+    /// A slice of a continuous pipeline's work, closed by size or time.
+    Continuous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Catchup => "catchup",
+            Trigger::Manual => "manual",
+            Trigger::Retry => "retry",
+            Trigger::Backfill => "backfill",
+            Trigger::Continuous => "continuous",
+        }
+    }
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Skipped => "skipped",
+        }
+    }
+}
+
+/// One row of the ledger.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub id: i64,
+    pub pipeline: String,
+    pub trigger: Trigger,
+    pub state: RunState,
+    /// The schedule tick this run is for.
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    /// First attempt of the run this one retries.
+    pub retry_of: Option<i64>,
+    pub records_in: u64,
+    pub dead_letters: u64,
+    /// Rows or documents written per declared output.
+    pub outputs: BTreeMap<String, u64>,
+    /// Offsets processed, per partition: `[from, to)`.
+    pub offsets: Vec<PartitionRange>,
+    pub plugin: Option<String>,
+    pub plugin_version: Option<String>,
+    pub plugin_hash: Option<String>,
+    pub error: Option<String>,
+    /// Why a run was skipped or had nothing to do, missed ticks, ...
+    pub note: Option<String>,
+    pub deadline_exceeded: bool,
+}
+
+impl Run {
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        let start = self.started_at?;
+        let end = self.ended_at.unwrap_or_else(Utc::now);
+        (end - start).to_std().ok()
+    }
+}
+
+/// A run about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub pipeline: &'a str,
+    pub trigger: Trigger,
+    pub state: RunState,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    pub retry_of: Option<i64>,
+    pub note: Option<String>,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunTotals {
+    pub records_in: u64,
+    pub dead_letters: u64,
+    pub outputs: BTreeMap<String, u64>,
+    pub offsets: Vec<PartitionRange>,
+}
+
+/// The plugin version that served a run.
+#[derive(Debug, Clone)]
+pub struct PluginRef {
+    pub name: String,
+    pub version: String,
+    pub hash: String,
+}
+
+pub struct Ledger {
+    pool: AnyPool,
+    /// Where it lives, for messages.
+    pub location: String,
+}
+
+const SQLITE_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL, run_trigger TEXT NOT NULL, state TEXT NOT NULL,
+    scheduled_for BIGINT, queued_at BIGINT NOT NULL, started_at BIGINT, ended_at BIGINT,
+    attempt BIGINT NOT NULL, retry_of BIGINT,
+    records_in BIGINT NOT NULL, dead_letters BIGINT NOT NULL,
+    outputs TEXT NOT NULL, offsets TEXT NOT NULL,
+    plugin TEXT, plugin_version TEXT, plugin_hash TEXT,
+    error TEXT, note TEXT, deadline_exceeded BIGINT NOT NULL)";
+
+const SQLITE_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS sluice_runs_pipeline ON sluice_runs (pipeline, id)";
+
+const MYSQL_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_runs (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    pipeline VARCHAR(255) NOT NULL, run_trigger VARCHAR(32) NOT NULL, state VARCHAR(32) NOT NULL,
+    scheduled_for BIGINT, queued_at BIGINT NOT NULL, started_at BIGINT, ended_at BIGINT,
+    attempt BIGINT NOT NULL, retry_of BIGINT,
+    records_in BIGINT NOT NULL, dead_letters BIGINT NOT NULL,
+    outputs LONGTEXT NOT NULL, offsets LONGTEXT NOT NULL,
+    plugin VARCHAR(255), plugin_version VARCHAR(255), plugin_hash VARCHAR(64),
+    error LONGTEXT, note LONGTEXT, deadline_exceeded BIGINT NOT NULL,
+    INDEX sluice_runs_pipeline (pipeline, id)
+) CHARACTER SET utf8mb4";
+
+const COLUMNS: &str = "id, pipeline, run_trigger, state, scheduled_for, queued_at, started_at, \
+    ended_at, attempt, retry_of, records_in, dead_letters, outputs, offsets, plugin, \
+    plugin_version, plugin_hash, error, note, deadline_exceeded";
+
+impl Ledger {
+    /// Opens (and creates) the ledger the config points at.
+    pub async fn open(config: &Config) -> anyhow::Result<Ledger> {
+        sqlx::any::install_default_drivers();
+        let (url, location, ddl): (String, String, &[&str]) = match &config.ledger.sink {
+            Some(sink) => {
+                let Some(SinkConfig::Mysql { url, .. }) = config.sinks.get(sink) else {
+                    anyhow::bail!("ledger.sink: '{sink}' is not a mysql sink");
+                };
+                let url = url
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("sinks.{sink}.url: {e}"))?;
+                (
+                    url,
+                    format!("sink '{sink}', table sluice_runs"),
+                    &[MYSQL_DDL],
+                )
+            }
+            None => {
+                let dir = &config.state_dir;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    anyhow::anyhow!("state_dir: cannot create {}: {e}", dir.display())
+                })?;
+                let path = dir.join("ledger.db");
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    path.display().to_string(),
+                    &[SQLITE_DDL, SQLITE_INDEX],
+                )
+            }
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .map_err(|e| anyhow::anyhow!("run ledger ({location}): cannot open: {e}"))?;
+        if config.ledger.sink.is_none() {
+            // Readers (`sluice runs`) never block the running host.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        for statement in ddl {
+            sqlx::query(*statement).execute(&pool).await.map_err(|e| {
+                anyhow::anyhow!("run ledger ({location}): cannot create table: {e}")
+            })?;
+        }
+        Ok(Ledger { pool, location })
+    }
+
+    /// Records a new run and returns its id.
+    pub async fn create(&self, run: &NewRun<'_>) -> anyhow::Result<i64> {
+        let now = Utc::now().timestamp_millis();
+        let started = (run.state != RunState::Queued).then_some(now);
+        let ended = (run.state == RunState::Skipped).then_some(now);
+        // One connection: SQLite reports the new id through it only.
+        let mut conn = self.pool.acquire().await?;
+        let result = sqlx::query(
+            "INSERT INTO sluice_runs (pipeline, run_trigger, state, scheduled_for, queued_at, \
+             started_at, ended_at, attempt, retry_of, records_in, dead_letters, outputs, offsets, \
+             note, deadline_exceeded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, '{}', '[]', ?, 0)",
+        )
+        .bind(run.pipeline.to_string())
+        .bind(run.trigger.as_str())
+        .bind(run.state.as_str())
+        .bind(run.scheduled_for.map(|t| t.timestamp_millis()))
+        .bind(now)
+        .bind(started)
+        .bind(ended)
+        .bind(i64::from(run.attempt))
+        .bind(run.retry_of)
+        .bind(run.note.clone())
+        .execute(&mut *conn)
+        .await?;
+        match result.last_insert_id() {
+            Some(id) => Ok(id),
+            None => Ok(sqlx::query("SELECT last_insert_rowid()")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)?),
+        }
+    }
+
+    /// A queued or new run starts, served by `plugin`.
+    pub async fn start(&self, id: i64, plugin: &PluginRef) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sluice_runs SET state = 'running', started_at = ?, plugin = ?, \
+             plugin_version = ?, plugin_hash = ? WHERE id = ?",
+        )
+        .bind(Utc::now().timestamp_millis())
+        .bind(plugin.name.clone())
+        .bind(plugin.version.clone())
+        .bind(plugin.hash.clone())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn finish(
+        &self,
+        id: i64,
+        state: RunState,
+        totals: &RunTotals,
+        error: Option<&str>,
+        note: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE sluice_runs SET state = ?, ended_at = ?, records_in = ?, dead_letters = ?, \
+             outputs = ?, offsets = ?, error = ?, note = COALESCE(?, note) WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(Utc::now().timestamp_millis())
+        .bind(totals.records_in as i64)
+        .bind(totals.dead_letters as i64)
+        .bind(serde_json::to_string(&totals.outputs)?)
+        .bind(serde_json::to_string(&totals.offsets)?)
+        .bind(error.map(str::to_string))
+        .bind(note.map(str::to_string))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn flag_deadline_exceeded(&self, id: i64) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sluice_runs SET deadline_exceeded = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs, newest first.
+    pub async fn list(&self, pipeline: Option<&str>, limit: u32) -> anyhow::Result<Vec<Run>> {
+        let rows =
+            match pipeline {
+                Some(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM sluice_runs WHERE pipeline = ? ORDER BY id DESC LIMIT ?"
+                )))
+                .bind(p.to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT {COLUMNS} FROM sluice_runs ORDER BY id DESC LIMIT ?"
+                    )))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn get(&self, id: i64) -> anyhow::Result<Option<Run>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sluice_runs WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The latest schedule tick recorded for a pipeline (run or skipped).
+    pub async fn last_tick(&self, pipeline: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let row = sqlx::query(
+            "SELECT MAX(scheduled_for) FROM sluice_runs WHERE pipeline = ? \
+             AND run_trigger IN ('schedule', 'catchup')",
+        )
+        .bind(pipeline.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.map(millis))
+    }
+
+    /// Marks runs a previous host left queued or running as failed.
+    pub async fn fail_interrupted(&self, pipeline: &str) -> anyhow::Result<u64> {
+        let done = sqlx::query(
+            "UPDATE sluice_runs SET state = 'failed', ended_at = ?, \
+             error = 'interrupted: the host stopped before this run finished' \
+             WHERE pipeline = ? AND state IN ('queued', 'running')",
+        )
+        .bind(Utc::now().timestamp_millis())
+        .bind(pipeline.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn from_row(row: &AnyRow) -> anyhow::Result<Run> {
+    let text = |name: &str| row.try_get::<String, _>(name);
+    let opt_text = |name: &str| row.try_get::<Option<String>, _>(name);
+    let time = |name: &str| row.try_get::<Option<i64>, _>(name).map(|t| t.map(millis));
+    // The enums are stored as their serde names.
+    let parse_enum = |name: &str| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::Value::String(text(name)?))
+    };
+    Ok(Run {
+        id: row.try_get("id")?,
+        pipeline: text("pipeline")?,
+        trigger: serde_json::from_value(parse_enum("run_trigger")?)?,
+        state: serde_json::from_value(parse_enum("state")?)?,
+        scheduled_for: time("scheduled_for")?,
+        queued_at: millis(row.try_get("queued_at")?),
+        started_at: time("started_at")?,
+        ended_at: time("ended_at")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        retry_of: row.try_get("retry_of")?,
+        records_in: row.try_get::<i64, _>("records_in")? as u64,
+        dead_letters: row.try_get::<i64, _>("dead_letters")? as u64,
+        outputs: serde_json::from_str(&text("outputs")?)?,
+        offsets: serde_json::from_str(&text("offsets")?)?,
+        plugin: opt_text("plugin")?,
+        plugin_version: opt_text("plugin_version")?,
+        plugin_hash: opt_text("plugin_hash")?,
+        error: opt_text("error")?,
+        note: opt_text("note")?,
+        deadline_exceeded: row.try_get::<i64, _>("deadline_exceeded")? != 0,
+    })
+}
+
+impl From<&crate::runtime::PluginVersion> for PluginRef {
+    fn from(v: &crate::runtime::PluginVersion) -> Self {
+        PluginRef {
+            name: v.name.clone(),
+            version: v.info.version.clone(),
+            hash: v.hash.clone(),
+        }
+    }
+}
