@@ -161,12 +161,22 @@ pub fn config_toml(
     topic: &str,
     routes: &str,
 ) -> String {
+    host_toml(plugins_dir, "") + &pipeline_toml(pipeline, plugin, topic, routes)
+}
+
+/// The host part of a config: local services, state under `plugins_dir`,
+/// `extra` top-level tables (e.g. `[api]`); the API is off unless given.
+pub fn host_toml(plugins_dir: &Path, extra: &str) -> String {
+    let api = if extra.contains("[api]") {
+        ""
+    } else {
+        "[api]\nenabled = false\n"
+    };
     format!(
         r#"
 plugins_dir = "{dir}"
 state_dir = "{dir}/state"
-[api]
-enabled = false
+{api}{extra}
 [kafka]
 brokers = "{brokers}"
 [sinks.mongodb]
@@ -176,19 +186,84 @@ database = "sluice"
 [sinks.mysql]
 type = "mysql"
 url = "{mysql}"
-[[pipelines]]
-name = "{pipeline}"
-plugin = "{plugin}"
-topics = ["{topic}"]
-batch = {{ max_records = 500, max_wait = "100ms" }}
-dead_letter = {{ name = "{pipeline}_dead_letters" }}
-{routes}
 "#,
         dir = plugins_dir.display(),
         brokers = kafka_brokers(),
         mongo = mongo_uri(),
         mysql = mysql_url(),
     )
+}
+
+/// One `[[pipelines]]` entry; `extra` holds its other keys and tables.
+pub fn pipeline_toml(pipeline: &str, plugin: &str, topic: &str, extra: &str) -> String {
+    let batch = if extra.contains("batch =") {
+        ""
+    } else {
+        "batch = { max_records = 500, max_wait = \"100ms\" }"
+    };
+    format!(
+        r#"
+[[pipelines]]
+name = "{pipeline}"
+plugin = "{plugin}"
+topics = ["{topic}"]
+{batch}
+dead_letter = {{ name = "{pipeline}_dead_letters" }}
+{extra}
+"#
+    )
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A valid event for the orders plugin, keyed by its id `o-{i}`.
+pub fn order_event(i: usize) -> (String, String) {
+    let event = serde_json::json!({
+        "id": format!("o-{i}"), "customer": format!("c-{}", i % 50),
+        "total": (i % 300) as f64 + 0.25, "created_at": format!("2024-05-01T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+        "status": "paid", "items": [{"sku": format!("sku-{}", i % 7), "qty": 1 + i % 3}],
+    });
+    (format!("o-{i}"), event.to_string())
+}
+
+/// Routes of the orders plugin's two outputs to a table and a collection.
+pub fn orders_routes(table: &str, collection: &str) -> String {
+    format!(
+        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
+    )
+}
+
+/// Rows and distinct order ids in an orders table.
+pub async fn count_rows(pool: &sqlx::MySqlPool, table: &str) -> (i64, i64) {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM `{table}`"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Polls `condition` until it holds; fails the test after `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn init_logs() {

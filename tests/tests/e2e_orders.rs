@@ -11,24 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn valid_event(i: usize) -> (String, String) {
-    let event = json!({
-        "id": format!("o-{i}"), "customer": format!("c-{}", i % 50),
-        "total": (i % 300) as f64 + 0.25, "created_at": format!("2024-05-01T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
-        "status": "paid", "items": [{"sku": format!("sku-{}", i % 7), "qty": 1 + i % 3}],
-    });
-    (format!("o-{i}"), event.to_string())
-}
-
-async fn count_rows(pool: &sqlx::MySqlPool, table: &str) -> (i64, i64) {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*), COUNT(DISTINCT order_id) FROM `{table}`"
-    )))
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
     init_logs();
@@ -38,8 +20,8 @@ async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
     create_topic(&topic, 3).await;
 
     // 9,400 valid + 200 re-sent duplicates + 4 x 100 bad = 10,000 events.
-    let mut events: Vec<_> = (0..9_400).map(valid_event).collect();
-    events.extend((0..200).map(|i| valid_event(i * 7)));
+    let mut events: Vec<_> = (0..9_400).map(order_event).collect();
+    events.extend((0..200).map(|i| order_event(i * 7)));
     for i in 0..100 {
         events.push((format!("bad-{i}"), format!("{{not json {i}")));
         events.push((
@@ -181,7 +163,7 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
             let p = producer();
             let mut next = 0;
             while keep.load(Ordering::Relaxed) {
-                let events: Vec<_> = (next..next + 200).map(valid_event).collect();
+                let events: Vec<_> = (next..next + 200).map(order_event).collect();
                 produce(&p, &topic, &events).await;
                 next += 200;
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -274,28 +256,16 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
 
 /// A pipeline running the orders plugin into a fresh table and collection.
 fn orders_config(dir: &Path, topic: &str, table: &str, collection: &str) -> (Config, String) {
-    let routes = format!(
-        "routes.orders = {{ sink = \"mysql\", name = \"{table}\" }}\nroutes.order_events = {{ sink = \"mongodb\", name = \"{collection}\" }}"
-    );
     let pipeline = unique("orders");
-    let toml = config_toml(dir, &pipeline, "orders", topic, &routes);
+    let toml = config_toml(
+        dir,
+        &pipeline,
+        "orders",
+        topic,
+        &orders_routes(table, collection),
+    );
     (
         Config::parse(&toml, Path::new("orders.toml")).unwrap(),
         pipeline,
     )
-}
-
-async fn wait_for<F, Fut>(limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }

@@ -119,6 +119,11 @@ pub async fn execute(
         let elapsed = started.elapsed();
         match result {
             Ok(note) => {
+                // Keep the request's own note (e.g. the catchup's) on its row.
+                let note = match (&request.note, note) {
+                    (Some(asked), Some(note)) if attempt == 1 => Some(format!("{asked}; {note}")),
+                    (_, note) => note,
+                };
                 finish(
                     ledger,
                     run_id,
