@@ -32,7 +32,7 @@ print("no-id|" + json.dumps({"customer": "x", "total": 1, "created_at": "2026-11
 print("bad-time|" + json.dumps({"id": "bad-time", "customer": "x", "total": 1, "created_at": "soon"}))
 PY
 
-echo "==> running the pipeline until the topic is drained"
+echo "==> one run of the pipeline over what the topic holds"
 ./target/debug/sluice run --config config/demo.toml --until-drained
 
 echo "==> MariaDB: sluice.orders"
@@ -54,3 +54,24 @@ print(f"dead letters: {db.sluice_dead_letters.count_documents({'pipeline': 'orde
 for d in db.sluice_dead_letters.find({"pipeline": "orders"}).sort("offset", -1).limit(3):
     print(f"  {d['topic']}/{d['partition']}@{d['offset']} key={d.get('key')!r} [{d['stage']}] {d['reason']}")
 PY
+
+echo "==> the scheduler: sluice serving, 100 more events, a manual trigger"
+./target/debug/sluice run --config config/demo.toml > .sluice/demo-host.log 2>&1 &
+HOST_PID=$!
+trap 'kill $HOST_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  ./target/debug/sluice pipelines --config config/demo.toml > /dev/null 2>&1 && break
+  sleep 0.2
+done
+python3 - <<'PY' | kcat -P -b "$KAFKA" -t demo.orders -K '|'
+import json
+for i in range(100000, 100100):
+    print(f"o-{i}|" + json.dumps({"id": f"o-{i}", "customer": "late", "total": 10, "created_at": "2026-11-30T12:00:00Z"}))
+PY
+./target/debug/sluice trigger orders --config config/demo.toml
+sleep 3
+./target/debug/sluice pipelines --config config/demo.toml
+echo
+./target/debug/sluice runs --config config/demo.toml --limit 5
+kill -TERM $HOST_PID && wait $HOST_PID || true
+trap - EXIT

@@ -226,13 +226,12 @@ async fn cron_schedule_fires_on_time_and_empty_runs_cost_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ticks_that_find_a_run_going_are_skipped_and_runs_never_overlap() {
+async fn ticks_that_find_a_run_going_are_skipped_runs_never_overlap_and_late_runs_are_flagged() {
     init_logs();
     let dir = orders_plugins();
     let topic = unique("sched_overlap");
     create_topic(&topic, 1).await;
-    let extra =
-        "schedule = { every = \"300ms\" }\nbatch = { max_records = 10, max_wait = \"50ms\" }";
+    let extra = "schedule = { every = \"300ms\", deadline = \"1s\" }\nbatch = { max_records = 10, max_wait = \"50ms\" }";
     let (config, _, pipeline, table) = orders_pipeline(&dir, &topic, extra);
     let events: Vec<_> = (0..1500).map(order_event).collect();
     produce(&producer(), &topic, &events).await;
@@ -267,6 +266,14 @@ async fn ticks_that_find_a_run_going_are_skipped_and_runs_never_overlap() {
         skipped
             .iter()
             .any(|s| s.note.as_deref() == Some(&format!("run {} is still running", long_run.id)))
+    );
+    // The long run went past its 1 s deadline and is flagged; the short ones are not.
+    assert!(long_run.duration().unwrap() > Duration::from_secs(1));
+    assert!(long_run.deadline_exceeded, "{long_run:#?}");
+    assert!(
+        ran.iter()
+            .filter(|r| r.duration().unwrap() < Duration::from_millis(900))
+            .all(|r| !r.deadline_exceeded)
     );
     for pair in ran.windows(2) {
         assert!(
@@ -556,6 +563,10 @@ async fn backfill_of_a_processed_window_changes_no_counts_and_the_cli_drives_the
     .await;
     assert!(ok, "{text}");
     let backfill_id: i64 = text.split_whitespace().nth(2).unwrap().parse().unwrap();
+    // Triggered while the backfill may still be going: queued behind it.
+    let (ok, text) = cli(vec!["trigger".into(), pipeline.clone()]).await;
+    assert!(ok, "{text}");
+    let manual_id: i64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
     wait_for(Duration::from_secs(60), || async {
         ledger
             .get(backfill_id)
@@ -575,10 +586,8 @@ async fn backfill_of_a_processed_window_changes_no_counts_and_the_cli_drives_the
         "a backfill of processed events changes no counts"
     );
 
-    // The backfill did not move the group's offsets: a run now has nothing to do.
-    let (ok, text) = cli(vec!["trigger".into(), pipeline.clone()]).await;
-    assert!(ok, "{text}");
-    let manual_id: i64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // The backfill did not move the group's offsets: the manual run after
+    // it has nothing to do, and started only once the backfill ended.
     wait_for(Duration::from_secs(30), || async {
         ledger
             .get(manual_id)
@@ -591,6 +600,11 @@ async fn backfill_of_a_processed_window_changes_no_counts_and_the_cli_drives_the
     assert_eq!(
         (manual.trigger, manual.note.as_deref()),
         (Trigger::Manual, Some("nothing new"))
+    );
+    assert!(manual.started_at.unwrap() >= backfill.ended_at.unwrap());
+    println!(
+        "manual run waited {:?} behind the backfill",
+        manual.started_at.unwrap() - manual.queued_at
     );
 
     let (ok, text) = cli(vec!["pipelines".into()]).await;

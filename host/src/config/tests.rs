@@ -108,3 +108,51 @@ fn secrets_resolve_and_never_print() {
             .contains("not ${env:NAME}")
     );
 }
+
+#[test]
+fn schedules_retries_ledger_and_api() {
+    let scheduled = format!(
+        "{GOOD}schedule = {{ cron = \"0 2 * * *\", timezone = \"Europe/Paris\", catchup = \"none\", deadline = \"10m\" }}\nretry = {{ max_attempts = 5, backoff = \"1s\" }}\n"
+    );
+    let c = parse(&scheduled).unwrap();
+    let p = &c.pipelines[0];
+    assert_eq!(p.schedule.catchup, Catchup::None);
+    assert_eq!(p.schedule.deadline, Some(Duration::from_secs(600)));
+    assert_eq!(p.retry.max_attempts, 5);
+    assert_eq!(c.api.listen.to_string(), "127.0.0.1:7878");
+    assert_eq!(c.state_dir, PathBuf::from(".sluice"));
+
+    let e = error(&scheduled.replace("0 2 * * *", "0 25 * * *"));
+    assert!(
+        e.contains("pipelines[0].schedule.cron: '0 25 * * *' is not a cron expression"),
+        "{e}"
+    );
+    let e = error(&scheduled.replace("Europe/Paris", "Europe/Pariss"));
+    assert!(e.contains("pipelines[0].schedule.timezone"), "{e}");
+    let e = error(&scheduled.replace("\"none\"", "\"all\""));
+    assert!(
+        e.contains("pipelines[0].schedule.catchup") && e.contains("unknown variant `all`"),
+        "{e}"
+    );
+    let e = error(&scheduled.replace("max_attempts = 5", "max_attempts = 0"));
+    assert!(
+        e.contains("pipelines[0].retry.max_attempts: must be at least 1"),
+        "{e}"
+    );
+    let e = error(&scheduled.replace(
+        "cron = \"0 2 * * *\"",
+        "cron = \"0 2 * * *\", every = \"1m\"",
+    ));
+    assert!(
+        e.contains("pipelines[0].schedule: set either `every` or `cron`"),
+        "{e}"
+    );
+    let ledger = GOOD.replace("[kafka]", "[ledger]\nsink = \"mongodb\"\n[kafka]");
+    let e = error(&ledger);
+    assert!(
+        e.contains("ledger.sink: sink 'mongodb' is mongodb; the ledger needs a mysql sink"),
+        "{e}"
+    );
+    let e = error(&GOOD.replace("[kafka]", "[api]\nlisten = \"localhost\"\n[kafka]"));
+    assert!(e.contains("api.listen"), "{e}");
+}
