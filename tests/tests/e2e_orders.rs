@@ -151,6 +151,7 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     let host = sluice::Host::start(config).await.unwrap();
     let stats = host.stats[&pipeline].clone();
     let registry = host.registry.clone();
+    let ledger = host.ledger.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(host.run(async { stopped.await.unwrap_or(()) }, RunMode::Scheduled));
 
@@ -252,6 +253,20 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
     );
     assert_eq!(by_status.iter().map(|(_, n)| n).sum::<i64>(), total as i64);
     assert_eq!(stats.snapshot().dead_letters, 0);
+
+    // The continuous pipeline's ledger: rolling runs, a new one when the
+    // plugin version changed, together covering every record once.
+    let runs = ledger.list(Some(&pipeline), 1000).await.unwrap();
+    let versions: std::collections::BTreeSet<_> = runs
+        .iter()
+        .map(|r| r.plugin_version.clone().unwrap())
+        .collect();
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), ["1.0.0", "2.0.0"]);
+    assert!(runs.iter().all(
+        |r| r.trigger == sluice::scheduler::ledger::Trigger::Continuous
+            && r.state == sluice::scheduler::ledger::RunState::Succeeded
+    ));
+    assert_eq!(runs.iter().map(|r| r.records_in).sum::<u64>(), total as u64);
 }
 
 /// A pipeline running the orders plugin into a fresh table and collection.

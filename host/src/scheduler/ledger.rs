@@ -292,6 +292,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// Marks a run failed before it did anything; errors are only logged.
+    pub async fn fail(&self, id: i64, error: &str) {
+        let nothing = RunTotals::default();
+        if let Err(e) = self
+            .finish(id, RunState::Failed, &nothing, Some(error), None)
+            .await
+        {
+            tracing::warn!(run = id, "run ledger: {e:#}");
+        }
+    }
+
     pub async fn flag_deadline_exceeded(&self, id: i64) -> anyhow::Result<()> {
         sqlx::query("UPDATE sluice_runs SET deadline_exceeded = 1 WHERE id = ?")
             .bind(id)

@@ -267,16 +267,7 @@ impl Slot {
             Err(e) => {
                 let error = format!("run task panicked: {e}");
                 tracing::error!(run = id, "{error}");
-                let _ = self
-                    .ledger
-                    .finish(
-                        id,
-                        RunState::Failed,
-                        &Default::default(),
-                        Some(&error),
-                        None,
-                    )
-                    .await;
+                self.ledger.fail(id, &error).await;
                 None
             }
         }
@@ -321,16 +312,8 @@ impl Slot {
             }
         }
         for (id, _) in self.queue.drain(..) {
-            let _ = self
-                .ledger
-                .finish(
-                    id,
-                    RunState::Failed,
-                    &Default::default(),
-                    Some("the host shut down before this queued run started"),
-                    None,
-                )
-                .await;
+            let why = "the host shut down before this queued run started";
+            self.ledger.fail(id, why).await;
         }
     }
 }
