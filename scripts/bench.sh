@@ -2,7 +2,9 @@
 # Benchmarks, each a ratio against a baseline measured in the same run:
 #   transform   the orders plugin in the WASM sandbox vs the same code native
 #   reload      file renamed into plugins/ -> new version current (p50, max)
-# Results are printed and written to bench/transform.txt.
+#   runs        one scheduled run over 100,000 waiting events vs the same
+#               events consumed continuously (needs the local services)
+# Results are printed and written to bench/transform.txt and bench/scheduler.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -19,3 +21,5 @@ for batch in 100 1000; do
 done | tee bench/transform.txt
 ORDERS_V2_WASM="$ROOT/plugins/target/v2/wasm32-wasip2/release/orders.wasm" BATCH=1000 \
   cargo bench --quiet -p sluice --bench transform | tail -n 1 | tee -a bench/transform.txt
+"$ROOT/scripts/services.sh" up
+cargo bench --quiet -p sluice-tests --bench scheduled_vs_continuous | tee bench/scheduler.txt

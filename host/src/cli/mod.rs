@@ -43,7 +43,7 @@ pub struct RunsArgs {
 
 async fn open_ledger(config: &Path) -> anyhow::Result<Ledger> {
     let config = Config::load(config)?;
-    Ledger::open(&config).await
+    Ledger::open_existing(&config).await
 }
 
 pub async fn runs(show: Option<RunsCommand>, list: RunsArgs) -> anyhow::Result<()> {

@@ -429,8 +429,20 @@ impl Config {
             }
             crate::scheduler::Schedule::from_config(&p.schedule)
                 .map_err(|(k, e)| (key(&format!("schedule{k}")), e))?;
-            if p.retry.max_attempts == 0 {
-                return Err((key("retry.max_attempts"), "must be at least 1".into()));
+            if !(1..=100).contains(&p.retry.max_attempts) {
+                return Err((key("retry.max_attempts"), "must be from 1 to 100".into()));
+            }
+            if p.retry.backoff > crate::scheduler::MAX_INTERVAL {
+                return Err((key("retry.backoff"), "must be at most 366 days".into()));
+            }
+        }
+        // Sluice commits offsets itself, after the sinks acknowledged.
+        for owned in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
+            if self.kafka.options.contains_key(owned) {
+                return Err((
+                    format!("kafka.options.{owned}"),
+                    "is set by sluice (offsets are committed after the sinks acknowledged; the group is `pipelines[].group_id`)".into(),
+                ));
             }
         }
         if let Some(sink) = &self.ledger.sink {

@@ -136,7 +136,18 @@ fn schedules_retries_ledger_and_api() {
     );
     let e = error(&scheduled.replace("max_attempts = 5", "max_attempts = 0"));
     assert!(
-        e.contains("pipelines[0].retry.max_attempts: must be at least 1"),
+        e.contains("pipelines[0].retry.max_attempts: must be from 1 to 100"),
+        "{e}"
+    );
+    let e = error(&scheduled.replace("\"10m\"", "\"1000 years\""));
+    assert!(
+        e.contains("pipelines[0].schedule.deadline: must be at most 366 days"),
+        "{e}"
+    );
+    let options = "brokers = \"127.0.0.1:9092\"\noptions = { \"enable.auto.commit\" = \"true\" }";
+    let e = error(&GOOD.replace("brokers = \"127.0.0.1:9092\"", options));
+    assert!(
+        e.contains("kafka.options.enable.auto.commit: is set by sluice"),
         "{e}"
     );
     let e = error(&scheduled.replace(

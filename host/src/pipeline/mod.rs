@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A bounded run that gets no record for this long fails (and is retried).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Pipeline {
     pub config: PipelineConfig,
@@ -144,6 +146,13 @@ impl Pipeline {
                 _ = shutdown.changed() => break Ok(()),
             };
             if batch.is_empty() {
+                // An idle pipeline still closes its ledger run on time.
+                if slice
+                    .as_ref()
+                    .is_some_and(|s| s.started.elapsed() >= self.config.schedule.roll_after)
+                {
+                    slice.take().unwrap().close(ledger, Ok(())).await;
+                }
                 continue;
             }
             let version = self.version()?;
@@ -193,25 +202,39 @@ impl Pipeline {
     pub async fn run_bounded(
         &mut self,
         ranges: &[PartitionRange],
-        commit: bool,
+        window: Option<(i64, i64)>,
         version: &Arc<PluginVersion>,
         shutdown: &mut watch::Receiver<bool>,
         totals: &mut RunTotals,
     ) -> anyhow::Result<()> {
-        let mut source = KafkaSource::bounded(&self.global.kafka, &self.config.group_id(), ranges)?;
+        let commit = window.is_none();
+        let mut source =
+            KafkaSource::bounded(&self.global.kafka, &self.config.group_id(), ranges, window)?;
+        let mut last_progress = Instant::now();
         while !source.drained() {
             if *shutdown.borrow() {
                 anyhow::bail!(
                     "the host is shutting down; the rest of the range goes to the next run"
                 );
             }
+            if last_progress.elapsed() > STALL_TIMEOUT {
+                anyhow::bail!(
+                    "kafka: no records for {STALL_TIMEOUT:?} although the range is not finished (broker unreachable?)"
+                );
+            }
             let batch = tokio::select! {
                 batch = source.next_batch(self.config.batch.max_records, self.config.batch.max_wait) => batch?,
-                _ = shutdown.changed() => continue,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        anyhow::bail!("the host is shutting down");
+                    }
+                    continue;
+                }
             };
             if batch.is_empty() {
                 continue;
             }
+            last_progress = Instant::now();
             let Some(done) = self.process(&batch, version, shutdown, false).await? else {
                 unreachable!("a bounded run does not wait for sinks")
             };
@@ -316,6 +339,15 @@ impl Pipeline {
 
     /// Moves to a new plugin version between batches.
     fn switch_to(&mut self, version: &Arc<PluginVersion>) {
+        // The instance is this pipeline's own; `serving` is shared with
+        // sibling pipelines (backfills) and only reports.
+        if self
+            .instance
+            .as_ref()
+            .is_some_and(|i| i.version.hash != version.hash)
+        {
+            self.instance = None;
+        }
         let mut serving = self.stats.serving.lock().unwrap();
         if serving.as_deref() == Some(version.hash.as_str()) {
             return;
@@ -327,7 +359,6 @@ impl Pipeline {
                 hash = %version.short_hash(), reload_ms = latency.as_millis() as u64, "now serving new plugin version");
         }
         *serving = Some(version.hash.clone());
-        self.instance = None;
     }
 }
 

@@ -170,6 +170,16 @@ const COLUMNS: &str = "id, pipeline, run_trigger, state, scheduled_for, queued_a
 impl Ledger {
     /// Opens (and creates) the ledger the config points at.
     pub async fn open(config: &Config) -> anyhow::Result<Ledger> {
+        Self::open_with(config, true).await
+    }
+
+    /// Opens an existing ledger (for `sluice runs`): a missing SQLite file
+    /// is an error, not a new empty ledger.
+    pub async fn open_existing(config: &Config) -> anyhow::Result<Ledger> {
+        Self::open_with(config, false).await
+    }
+
+    async fn open_with(config: &Config, create: bool) -> anyhow::Result<Ledger> {
         sqlx::any::install_default_drivers();
         let (url, location, ddl): (String, String, &[&str]) = match &config.ledger.sink {
             Some(sink) => {
@@ -187,10 +197,17 @@ impl Ledger {
             }
             None => {
                 let dir = &config.state_dir;
+                let path = dir.join("ledger.db");
+                if !create && !path.exists() {
+                    anyhow::bail!(
+                        "no run ledger at {} (state_dir = {:?}; relative to the directory sluice runs in): has `sluice run` run with this config here?",
+                        path.display(),
+                        dir
+                    );
+                }
                 std::fs::create_dir_all(dir).map_err(|e| {
                     anyhow::anyhow!("state_dir: cannot create {}: {e}", dir.display())
                 })?;
-                let path = dir.join("ledger.db");
                 (
                     format!("sqlite://{}?mode=rwc", path.display()),
                     path.display().to_string(),
@@ -207,7 +224,8 @@ impl Ledger {
             // Readers (`sluice runs`) never block the running host.
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
-                .await?;
+                .await
+                .map_err(|e| anyhow::anyhow!("run ledger ({location}): {e}"))?;
         }
         for statement in ddl {
             sqlx::query(*statement).execute(&pool).await.map_err(|e| {

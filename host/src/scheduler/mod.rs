@@ -11,7 +11,7 @@ mod run;
 mod schedule;
 
 pub use run::{RunRequest, Work, execute};
-pub use schedule::Schedule;
+pub use schedule::{MAX_INTERVAL, Schedule};
 
 use crate::config::Catchup;
 use crate::pipeline::Pipeline;
@@ -88,7 +88,7 @@ pub async fn drive(
     let schedule = Schedule::from_config(&pipeline.config.schedule)
         .map_err(|(key, e)| anyhow::anyhow!("pipeline '{name}': schedule{key}: {e}"))?;
     if schedule.is_continuous() {
-        drive_continuous(pipeline, ledger, shutdown, commands).await
+        drive_continuous(pipeline, ledger, shutdown, commands, status).await
     } else {
         drive_scheduled(pipeline, schedule, ledger, shutdown, commands, status).await
     }
@@ -99,6 +99,7 @@ async fn drive_continuous(
     ledger: Arc<Ledger>,
     shutdown: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<Command>,
+    status: Arc<Mutex<Status>>,
 ) -> anyhow::Result<()> {
     // Backfills run beside the consumer, on a sibling pipeline.
     let mut slot = Slot::new(pipeline.sibling(), ledger.clone(), shutdown.clone());
@@ -106,6 +107,7 @@ async fn drive_continuous(
         let main = pipeline.run_continuous(shutdown.clone(), &ledger);
         tokio::pin!(main);
         loop {
+            slot.report(&status, None);
             tokio::select! {
                 result = &mut main => break result,
                 Some(command) = commands.recv() => slot.command(command, false).await,
@@ -156,14 +158,12 @@ async fn drive_scheduled(
     };
     tracing::info!(pipeline = %name, schedule = %schedule.describe(), next_run = ?next, "pipeline scheduled");
     loop {
-        *status.lock().unwrap() = Status {
-            schedule: schedule.describe(),
-            next_run: next,
-            running: slot.running.as_ref().map(|(id, _)| *id),
-            queued: slot.queue.len(),
-        };
+        slot.report(&status, next);
         let wait = next.map(|t| (t - Utc::now()).to_std().unwrap_or_default());
         tokio::select! {
+            // A run that just ended is reaped before a tick looks for it.
+            biased;
+            done = slot.join() => slot.finished(done).await,
             _ = sleep(wait) => {
                 let tick = next.expect("sleep only ends when a tick is due");
                 next = schedule.next_after(tick).map(|n| n.max(Utc::now()));
@@ -180,7 +180,6 @@ async fn drive_scheduled(
                 }
             }
             Some(command) = commands.recv() => slot.command(command, true).await,
-            done = slot.join() => slot.finished(done).await,
             _ = shutdown.changed() => break,
         }
     }
@@ -240,6 +239,14 @@ impl Slot {
         Ok(id)
     }
 
+    /// Publishes what is going for `sluice pipelines`.
+    fn report(&self, status: &Mutex<Status>, next_run: Option<DateTime<Utc>>) {
+        let mut status = status.lock().unwrap();
+        status.next_run = next_run;
+        status.running = self.running.as_ref().map(|(id, _)| *id);
+        status.queued = self.queue.len();
+    }
+
     fn pipeline_name(&self) -> String {
         self.template.config.name.clone()
     }
@@ -256,28 +263,26 @@ impl Slot {
     }
 
     /// Resolves when the running run ends; never if none is going.
-    async fn join(&mut self) -> Option<Done> {
+    /// Cancel-safe: nothing is awaited after the task is taken.
+    async fn join(&mut self) -> (i64, Result<Done, tokio::task::JoinError>) {
         let Some((_, task)) = &mut self.running else {
             return std::future::pending().await;
         };
         let done = task.await;
-        let (id, _) = self.running.take().unwrap();
+        let (id, _) = self.running.take().expect("set above");
+        (id, done)
+    }
+
+    /// Takes the pipeline back and starts the next queued run.
+    async fn finished(&mut self, (id, done): (i64, Result<Done, tokio::task::JoinError>)) {
         match done {
-            Ok(done) => Some(done),
+            Ok((pipeline, _)) => self.idle = Some(pipeline),
             Err(e) => {
                 let error = format!("run task panicked: {e}");
                 tracing::error!(run = id, "{error}");
                 self.ledger.fail(id, &error).await;
-                None
+                self.idle = Some(self.template.sibling());
             }
-        }
-    }
-
-    /// Takes the pipeline back and starts the next queued run.
-    async fn finished(&mut self, done: Option<Done>) {
-        match done {
-            Some((pipeline, _)) => self.idle = Some(pipeline),
-            None => self.idle = Some(self.template.sibling()),
         }
         if let Some((id, request)) = self.queue.pop_front() {
             self.start(id, request);
@@ -306,9 +311,14 @@ impl Slot {
     /// queued ones.
     async fn wait(&mut self) {
         if self.running.is_some() {
-            let done = self.join().await;
-            if let Some((pipeline, _)) = done {
-                self.idle = Some(pipeline);
+            let (id, done) = self.join().await;
+            match done {
+                Ok((pipeline, _)) => self.idle = Some(pipeline),
+                Err(e) => {
+                    self.ledger
+                        .fail(id, &format!("run task panicked: {e}"))
+                        .await
+                }
             }
         }
         for (id, _) in self.queue.drain(..) {

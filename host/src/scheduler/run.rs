@@ -184,41 +184,52 @@ async fn attempt_once(
     let kafka = &pipeline.global_config().kafka;
     let group = pipeline.config.group_id();
     let topics = &pipeline.config.topics;
-    let ranges = match (&request.work, plan.as_ref()) {
-        (Work::Window { .. }, Some(planned)) => planned.clone(),
-        (Work::Window { from, to }, None) => {
-            KafkaSource::between_times(
-                kafka,
-                &group,
-                topics,
-                from.timestamp_millis(),
-                to.timestamp_millis(),
-            )
-            .await?
-        }
-        (Work::Pending, planned) => {
-            let mut ranges = KafkaSource::pending(kafka, &group, topics).await?;
-            // A retry finishes the original range: newer records belong
-            // to the next run.
-            if let Some(planned) = planned {
-                for r in &mut ranges {
-                    let end = planned
-                        .iter()
-                        .find(|p| p.topic == r.topic && p.partition == r.partition)
-                        .map_or(r.from, |p| p.to);
-                    r.to = r.to.min(end).max(r.from);
-                }
+    let planning = async {
+        anyhow::Ok(match (&request.work, plan.as_ref()) {
+            (Work::Window { .. }, Some(planned)) => planned.clone(),
+            (Work::Window { from, to }, None) => {
+                KafkaSource::between_times(
+                    kafka,
+                    &group,
+                    topics,
+                    from.timestamp_millis(),
+                    to.timestamp_millis(),
+                )
+                .await?
             }
-            ranges
-        }
+            (Work::Pending, planned) => {
+                let mut ranges = KafkaSource::pending(kafka, &group, topics).await?;
+                // A retry finishes the original range: newer records belong
+                // to the next run.
+                if let Some(planned) = planned {
+                    for r in &mut ranges {
+                        let end = planned
+                            .iter()
+                            .find(|p| p.topic == r.topic && p.partition == r.partition)
+                            .map_or(r.from, |p| p.to);
+                        r.to = r.to.min(end).max(r.from);
+                    }
+                }
+                ranges
+            }
+        })
+    };
+    // Planning retries while a fresh broker loads its coordinator: do not
+    // hold up a shutdown for it.
+    let ranges = tokio::select! {
+        ranges = planning => ranges?,
+        _ = shutdown.changed() => anyhow::bail!("the host is shutting down"),
     };
     plan.get_or_insert_with(|| ranges.clone());
     if ranges.iter().all(PartitionRange::is_empty) {
         return Ok(Some("nothing new".into()));
     }
-    let commit = matches!(request.work, Work::Pending);
+    let window = match request.work {
+        Work::Pending => None,
+        Work::Window { from, to } => Some((from.timestamp_millis(), to.timestamp_millis())),
+    };
     pipeline
-        .run_bounded(&ranges, commit, &version, shutdown, totals)
+        .run_bounded(&ranges, window, &version, shutdown, totals)
         .await?;
     Ok(None)
 }

@@ -7,6 +7,10 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use std::time::Duration;
 
+/// Longest interval, deadline or backoff accepted (keeps time arithmetic far
+/// from overflow).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
+
 #[derive(Debug, Clone)]
 pub enum Schedule {
     /// Back-to-back batches; the ledger records rolling runs.
@@ -23,6 +27,9 @@ impl Schedule {
     /// (e.g. `.cron`) and what is wrong.
     pub fn from_config(config: &ScheduleConfig) -> Result<Schedule, (String, String)> {
         let err = |key: &str, msg: String| Err((key.to_string(), msg));
+        if config.deadline.is_some_and(|d| d > MAX_INTERVAL) {
+            return err(".deadline", "must be at most 366 days".into());
+        }
         if config.timezone.is_some() && config.cron.is_none() {
             return err(".timezone", "only applies to a `cron` schedule".into());
         }
@@ -31,9 +38,10 @@ impl Schedule {
                 "",
                 "set either `every` or `cron`, not both (neither means continuous)".into(),
             ),
-            (Some(every), None) if every.is_zero() => {
-                err(".every", "must be longer than zero".into())
-            }
+            (Some(every), None) if every.is_zero() || *every > MAX_INTERVAL => err(
+                ".every",
+                "must be longer than zero and at most 366 days".into(),
+            ),
             (Some(every), None) => Ok(Schedule::Every(*every)),
             (None, Some(expr)) => {
                 let cron = CronParser::builder()
@@ -86,18 +94,33 @@ impl Schedule {
     /// An interval counts from the last tick, so a host that was down for
     /// 3.5 intervals missed 3 ticks.
     pub fn missed(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> (u64, Option<DateTime<Utc>>) {
-        let mut count = 0;
-        let mut latest = None;
-        let mut t = last;
-        while let Some(next) = self.next_after(t).filter(|n| *n <= now) {
-            count += 1;
-            latest = Some(next);
-            t = next;
-            if count >= 100_000 {
-                break; // a tiny interval over a long outage: enough to know
+        match self {
+            Schedule::Continuous => (0, None),
+            Schedule::Every(every) => {
+                let every_ms = every.as_millis().max(1) as i64;
+                let n = (now - last).num_milliseconds().max(0) / every_ms;
+                let latest = (n > 0).then(|| last + chrono::Duration::milliseconds(n * every_ms));
+                (n as u64, latest)
+            }
+            Schedule::Cron { cron, timezone } => {
+                let latest = cron
+                    .find_previous_occurrence(&now.with_timezone(timezone), true)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+                    .filter(|t| *t > last);
+                // Counting stops at a bound; the latest tick is exact anyway.
+                let mut count = 0;
+                let mut t = last;
+                while let Some(next) = self.next_after(t).filter(|n| *n <= now) {
+                    count += 1;
+                    t = next;
+                    if count >= 10_000 {
+                        break;
+                    }
+                }
+                (count, latest)
             }
         }
-        (count, latest)
     }
 
     /// Human description for `sluice pipelines`.
@@ -135,6 +158,16 @@ mod tests {
         assert_eq!(s.next_after(t), Some(at("2026-11-30T10:05:00Z")));
         let (n, latest) = s.missed(t, at("2026-11-30T10:17:30Z"));
         assert_eq!((n, latest), (3, Some(at("2026-11-30T10:15:00Z"))));
+        // A year down with a 1-second interval: exact, not iterated.
+        let every_s = parse("every = \"1s\"").unwrap();
+        let (n, latest) = every_s.missed(t, at("2027-11-30T10:00:00Z"));
+        assert_eq!(
+            (n, latest),
+            (365 * 86_400, Some(at("2027-11-30T10:00:00Z")))
+        );
+        let cron = parse("cron = \"0 * * * *\"").unwrap();
+        let (n, latest) = cron.missed(t, at("2026-11-30T13:30:00Z"));
+        assert_eq!((n, latest), (3, Some(at("2026-11-30T13:00:00Z"))));
         assert_eq!(s.missed(t, at("2026-11-30T10:04:59Z")), (0, None));
     }
 

@@ -68,6 +68,8 @@ pub struct KafkaSource {
     ends: Option<HashMap<Tp, i64>>,
     /// Next offset to process per partition, as far as this source knows.
     positions: HashMap<Tp, i64>,
+    /// Bounded runs by time (backfills): `[from, to)` in ms.
+    window: Option<(i64, i64)>,
 }
 
 /// Client settings shared by every consumer of a group.
@@ -116,14 +118,18 @@ impl KafkaSource {
             consumer: Arc::new(consumer),
             ends: None,
             positions: HashMap::new(),
+            window: None,
         })
     }
 
     /// A consumer of exactly `ranges`; `drained()` once all are processed.
+    /// With `window` (ms, `[from, to)`), records whose timestamps fall
+    /// outside it are passed over.
     pub fn bounded(
         config: &KafkaConfig,
         group_id: &str,
         ranges: &[PartitionRange],
+        window: Option<(i64, i64)>,
     ) -> anyhow::Result<Self> {
         let consumer: StreamConsumer = consumer(config, group_id)?;
         let mut tpl = TopicPartitionList::new();
@@ -143,6 +149,7 @@ impl KafkaSource {
             consumer: Arc::new(consumer),
             ends: Some(ends),
             positions,
+            window,
         })
     }
 
@@ -164,7 +171,17 @@ impl KafkaSource {
                 let tp = (e.topic().to_string(), e.partition());
                 let (low, high) = watermarks[&tp];
                 let from = match e.offset() {
-                    Offset::Offset(o) => o.max(low),
+                    Offset::Offset(o) if o > high => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, committed = o, high,
+                            "committed offset is past the end of the partition (topic recreated?): starting from its beginning");
+                        low
+                    }
+                    Offset::Offset(o) if o < low => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, committed = o, low,
+                            "records between the committed offset and the oldest retained one were deleted by retention before they were processed");
+                        low
+                    }
+                    Offset::Offset(o) => o,
                     _ => low,
                 };
                 ranges.push(PartitionRange {
@@ -239,8 +256,18 @@ impl KafkaSource {
                 Err(_elapsed) => break,
                 Ok(Ok(m)) => {
                     let m = m.detach();
-                    if self.within_bounds(&m) {
+                    if !self.within_bounds(&m) {
+                        continue;
+                    }
+                    if self.within_window(&m) {
                         messages.push(m);
+                    } else {
+                        // Passed over, but counts as done for `drained()`.
+                        let p = self
+                            .positions
+                            .entry((m.topic().to_string(), m.partition()))
+                            .or_default();
+                        *p = (*p).max(m.offset() + 1);
                     }
                 }
                 Ok(Err(e)) => {
@@ -268,6 +295,15 @@ impl KafkaSource {
             }
         }
         Ok(Batch { messages })
+    }
+
+    fn within_window(&self, m: &OwnedMessage) -> bool {
+        let Some((from, to)) = self.window else {
+            return true;
+        };
+        m.timestamp()
+            .to_millis()
+            .is_some_and(|t| from <= t && t < to)
     }
 
     fn within_bounds(&self, m: &OwnedMessage) -> bool {
@@ -334,6 +370,10 @@ async fn with_coordinator_retry<T: Send + 'static>(
         let attempt = read.clone();
         match tokio::task::spawn_blocking(move || attempt()).await? {
             Ok(value) => return Ok(value),
+            // A missing topic will not appear by waiting.
+            Err(e) if e.to_string().contains("UnknownTopic") => {
+                anyhow::bail!("kafka: {e} (check `topics` of the pipeline)")
+            }
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "kafka: offsets not available yet; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
