@@ -47,7 +47,8 @@ impl Host {
     /// databases. A plugin a pipeline names must load; others that fail are
     /// logged and skipped (a later fix to the file hot-loads them).
     pub fn load_plugins(config: &Config) -> anyhow::Result<Arc<Registry>> {
-        let registry = Registry::new(Runtime::new()?, config.plugins_dir.clone());
+        let runtime = Runtime::with_cache(config.state_dir.join("compiled"))?;
+        let registry = Registry::new(runtime, config.plugins_dir.clone());
         let needed: std::collections::BTreeSet<&str> =
             config.pipelines.iter().map(|p| p.plugin.as_str()).collect();
         let mut names: std::collections::BTreeSet<String> =

@@ -47,6 +47,8 @@ pub struct PipelineView {
     pub plugin: String,
     pub plugin_version: Option<String>,
     pub plugin_hash: Option<String>,
+    /// Why the pipeline is paused: plugin removed or quarantined.
+    pub paused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +134,7 @@ async fn pipelines(State(state): State<Arc<ApiState>>) -> Reply<Vec<PipelineView
             plugin: plugin.clone(),
             plugin_version: version.as_ref().map(|v| v.info.version.clone()),
             plugin_hash: version.as_ref().map(|v| v.hash.clone()),
+            paused: state.registry.serving(plugin).err().map(|e| e.to_string()),
         });
     }
     Ok(Json(views))

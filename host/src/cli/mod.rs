@@ -265,6 +265,7 @@ pub fn pipelines(config: &Path, json: bool) -> anyhow::Result<()> {
             )
         });
         let now = match (v.running, v.queued) {
+            _ if v.paused.is_some() => "PAUSED".into(),
             (Some(id), 0) => format!("run {id}"),
             (Some(id), q) => format!("run {id} (+{q} queued)"),
             (None, _) => "idle".into(),
@@ -286,6 +287,13 @@ pub fn pipelines(config: &Path, json: bool) -> anyhow::Result<()> {
         ]);
     }
     table.print();
+    for v in views.iter().filter(|v| v.paused.is_some()) {
+        println!(
+            "\n{} is paused: {}",
+            v.name,
+            v.paused.as_deref().unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

@@ -335,6 +335,28 @@ pub struct LimitsConfig {
     /// Longest one `transform` call may run before it is interrupted.
     #[serde(default = "default_batch_timeout", with = "duration")]
     pub batch_timeout: Duration,
+    /// Most outputs one call may return (a runaway plugin's flood is cut).
+    #[serde(default = "default_max_output_records")]
+    pub max_output_records: usize,
+    /// Most MiB of output one call may return.
+    #[serde(default = "default_max_output_mib")]
+    pub max_output_mib: u64,
+    /// Consecutive failing batches after which the plugin version is
+    /// quarantined and the pipeline pauses until a new version arrives.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: u32,
+}
+
+fn default_max_output_records() -> usize {
+    100_000
+}
+
+fn default_max_output_mib() -> u64 {
+    64
+}
+
+fn default_quarantine_after() -> u32 {
+    5
 }
 
 fn default_memory_mib() -> u64 {
@@ -350,6 +372,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             memory_mib: default_memory_mib(),
             batch_timeout: default_batch_timeout(),
+            max_output_records: default_max_output_records(),
+            max_output_mib: default_max_output_mib(),
+            quarantine_after: default_quarantine_after(),
         }
     }
 }

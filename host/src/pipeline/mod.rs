@@ -40,6 +40,8 @@ pub struct Pipeline {
     /// Routes resolved and prepared for the plugin version with this hash.
     routes: Option<(String, Arc<Routes>)>,
     pub stats: Arc<Stats>,
+    /// Batches in a row whose whole-batch call failed.
+    failing_batches: u32,
 }
 
 impl Pipeline {
@@ -59,6 +61,7 @@ impl Pipeline {
             instance: None,
             routes: None,
             stats: Arc::default(),
+            failing_batches: 0,
         }
     }
 
@@ -82,13 +85,9 @@ impl Pipeline {
 
     /// The plugin version currently loaded for this pipeline.
     pub fn version(&self) -> anyhow::Result<Arc<PluginVersion>> {
-        self.registry.current(&self.config.plugin).ok_or_else(|| {
-            anyhow::anyhow!(
-                "pipeline '{}': plugin '{}' is not loaded",
-                self.config.name,
-                self.config.plugin
-            )
-        })
+        self.registry
+            .serving(&self.config.plugin)
+            .map_err(|e| anyhow::anyhow!("pipeline '{}': {e}", self.config.name))
     }
 
     /// Resolves this pipeline's routes for a plugin version and creates
@@ -140,6 +139,23 @@ impl Pipeline {
         let result = loop {
             if *shutdown.borrow() {
                 break Ok(());
+            }
+            // A removed or quarantined plugin pauses the pipeline (nothing
+            // is consumed) until a new version is loaded.
+            if let Err(why) = self.version() {
+                if let Some(slice) = slice.take() {
+                    slice.close(ledger, Err(&why)).await;
+                }
+                if self.stats.pause(Some(format!("{why:#}"))) {
+                    tracing::error!(pipeline = %name, "paused: {why:#}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = shutdown.changed() => break Ok(()),
+                }
+            }
+            if self.stats.pause(None) {
+                tracing::info!(pipeline = %name, "resumed");
             }
             let batch = tokio::select! {
                 batch = source.next_batch(self.config.batch.max_records, self.config.batch.max_wait) => batch?,
@@ -217,6 +233,9 @@ impl Pipeline {
                     "the host is shutting down; the rest of the range goes to the next run"
                 );
             }
+            // The run keeps its version, but stops if it was quarantined
+            // or its file removed.
+            self.version()?;
             if last_progress.elapsed() > STALL_TIMEOUT {
                 anyhow::bail!(
                     "kafka: no records for {STALL_TIMEOUT:?} although the range is not finished (broker unreachable?)"
@@ -269,30 +288,26 @@ impl Pipeline {
         self.switch_to(version);
 
         let records: Vec<Record> = batch.messages.iter().map(to_record).collect();
-        let mut writer = BatchWriter::with_capacity(
-            batch
-                .messages
+        let pack = |range: std::ops::Range<usize>| {
+            let messages = &batch.messages[range.clone()];
+            let size = messages
                 .iter()
-                .map(|m| m.payload().map_or(0, <[u8]>::len) + 64)
-                .sum(),
-        );
-        for (record, message) in records.iter().zip(&batch.messages) {
-            writer.push(record, headers(message));
-        }
+                .map(|m| m.payload().map_or(0, <[u8]>::len) + 64);
+            let mut writer = BatchWriter::with_capacity(size.sum());
+            for (record, message) in records[range].iter().zip(messages) {
+                writer.push(record, headers(message));
+            }
+            writer.finish()
+        };
         let transformed = transform::run(
             self.instance.take(),
             version.clone(),
             self.limits.clone(),
-            writer.finish(),
             records.len(),
-            |i| {
-                let m = &batch.messages[i];
-                let mut w = BatchWriter::default();
-                w.push(&records[i], headers(m));
-                w.finish()
-            },
+            pack,
         )
         .await?;
+        self.count_failure(version, &transformed);
         self.instance = transformed.instance;
 
         let transform_ms = started.elapsed().as_millis() as u64;
@@ -335,6 +350,27 @@ impl Pipeline {
         tracing::debug!(pipeline = %self.config.name, records = batch.len(), rows = written,
             dead_letters = done.dead_letters, transform_ms, ms = started.elapsed().as_millis() as u64, "batch done");
         Ok(Some(done))
+    }
+
+    /// Quarantines the version after `limits.quarantine_after` failing
+    /// batches in a row; the batch itself is still delivered.
+    fn count_failure(&mut self, version: &PluginVersion, transformed: &transform::Transformed) {
+        if !transformed.isolated {
+            self.failing_batches = 0;
+            return;
+        }
+        self.failing_batches += 1;
+        Stats::add(&self.stats.failing_batches, 1);
+        let limit = self.config.limits.quarantine_after;
+        if limit > 0 && self.failing_batches >= limit {
+            let last = transformed.trapped.last().map_or("", |(_, r)| r.as_str());
+            let reason = format!(
+                "{} batches in a row failed in pipeline '{}' (limits.quarantine_after = {limit}); last: {last}",
+                self.failing_batches, self.config.name
+            );
+            self.registry.quarantine(version, reason);
+            self.failing_batches = 0;
+        }
     }
 
     /// Moves to a new plugin version between batches.

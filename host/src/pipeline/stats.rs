@@ -11,6 +11,10 @@ pub struct Stats {
     pub rows_written: AtomicU64,
     pub dead_letters: AtomicU64,
     pub sink_retries: AtomicU64,
+    /// Batches whose whole-batch plugin call failed and were split.
+    pub failing_batches: AtomicU64,
+    /// Why the pipeline is paused (plugin removed or quarantined), if it is.
+    pub paused: Mutex<Option<String>>,
     /// Content hash of the plugin version serving the last batch.
     pub serving: Mutex<Option<String>>,
     /// File change seen -> first batch served by the new version.
@@ -36,6 +40,14 @@ impl Stats {
             dead_letters: self.dead_letters.load(Relaxed),
             sink_retries: self.sink_retries.load(Relaxed),
         }
+    }
+
+    /// Sets or clears the pause reason; true if that changed it.
+    pub(crate) fn pause(&self, why: Option<String>) -> bool {
+        let mut paused = self.paused.lock().unwrap();
+        let changed = paused.is_some() != why.is_some();
+        *paused = why;
+        changed
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: usize) {

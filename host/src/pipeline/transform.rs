@@ -1,110 +1,135 @@
-//! Calling the plugin for a batch, off the async runtime, with isolation:
-//! if the whole-batch call fails, each record is retried alone so one
-//! poison record goes to dead letters and the rest are delivered.
+//! Calling the plugin for a batch, off the async runtime, with isolation.
+//!
+//! If the whole-batch call fails (trap, limit, error), the batch is split in
+//! halves until the failing records stand alone: they go to dead letters
+//! with the reason, the rest is delivered. A time-out is handled record by
+//! record instead, so a looping record costs one time limit, not one per
+//! split level. A trapped instance is discarded and rebuilt from the
+//! pre-instantiated component.
 
 use crate::runtime::{CallError, Instance, Limits, PluginVersion};
 use sluice_plugin_sdk::abi::BatchResult;
+use std::ops::Range;
 use std::sync::Arc;
 
 pub struct Transformed {
     pub result: BatchResult,
-    /// Records whose call trapped or failed: (index in batch, reason).
+    /// Records that failed alone: (index in batch, reason).
     pub trapped: Vec<(usize, String)>,
     /// The instance to reuse for the next batch, if still healthy.
     pub instance: Option<Instance>,
+    /// The whole-batch call failed and the batch was split.
+    pub isolated: bool,
 }
 
+/// Transforms records `0..count`; `pack(range)` encodes a sub-batch.
 pub async fn run(
     instance: Option<Instance>,
     version: Arc<PluginVersion>,
     limits: Limits,
-    packed: Vec<u8>,
     count: usize,
-    single: impl Fn(usize) -> Vec<u8>,
+    pack: impl Fn(Range<usize>) -> Vec<u8>,
 ) -> anyhow::Result<Transformed> {
-    let v = version.clone();
-    let l = limits.clone();
-    let (instance, result) = tokio::task::spawn_blocking(move || {
-        let mut instance = match instance {
-            Some(i) => i,
-            None => match Instance::new(v, l) {
-                Ok(i) => i,
-                Err(e) => return (None, Err(e)),
-            },
-        };
-        let result = instance.transform(&packed);
-        let healthy = !matches!(result, Err(CallError::Trap(_)));
-        (healthy.then_some(instance), result)
-    })
-    .await?;
-    match result {
-        Ok(result) => Ok(Transformed {
-            result,
-            trapped: vec![],
-            instance,
-        }),
-        Err(e) => {
-            tracing::warn!(plugin = ?version, records = count, "batch failed ({e}); retrying record by record");
-            let singles: Vec<Vec<u8>> = (0..count).map(single).collect();
-            Ok(
-                tokio::task::spawn_blocking(move || isolate(instance, &version, &limits, singles))
-                    .await?,
-            )
-        }
-    }
-}
-
-fn isolate(
-    mut instance: Option<Instance>,
-    version: &Arc<PluginVersion>,
-    limits: &Limits,
-    singles: Vec<Vec<u8>>,
-) -> Transformed {
+    let mut caller = Caller {
+        instance,
+        version,
+        limits,
+    };
     let mut out = Transformed {
         result: BatchResult::default(),
         trapped: vec![],
         instance: None,
+        isolated: false,
     };
-    for (i, packed) in singles.iter().enumerate() {
-        let mut current = match instance.take() {
-            Some(inst) => inst,
-            None => match Instance::new(version.clone(), limits.clone()) {
-                Ok(inst) => inst,
-                Err(e) => {
-                    out.trapped.push((i, e.to_string()));
-                    continue;
+    let first = caller.call(pack(0..count)).await?;
+    let mut failing = match first {
+        Ok(result) => {
+            out.result = result;
+            out.instance = caller.instance;
+            return Ok(out);
+        }
+        Err(e) => {
+            tracing::warn!(plugin = %caller.version.name, records = count,
+                "batch failed ({e}); isolating the failing records");
+            out.isolated = true;
+            vec![(0..count, e)]
+        }
+    };
+    while let Some((range, error)) = failing.pop() {
+        if range.len() == 1 || error.is_timeout() {
+            for i in range.clone() {
+                let result = if range.len() == 1 {
+                    Err(error.clone())
+                } else {
+                    caller.call(pack(i..i + 1)).await?
+                };
+                match result {
+                    Ok(r) => merge(&mut out.result, r, i),
+                    Err(e) => out.trapped.push((i, caller.reason(&e))),
                 }
-            },
-        };
-        match current.transform(packed) {
-            Ok(r) => {
-                let source = i as u32;
-                out.result
-                    .outputs
-                    .extend(r.outputs.into_iter().map(|mut o| {
-                        o.source = source;
-                        o
-                    }));
-                out.result.errors.extend(r.errors.into_iter().map(|mut e| {
-                    e.source = source;
-                    e
-                }));
-                instance = Some(current);
             }
-            Err(e) => {
-                let reason = format!(
-                    "{e} (plugin {} {}, {})",
-                    version.name,
-                    version.info.version,
-                    version.short_hash()
-                );
-                out.trapped.push((i, reason));
-                if !matches!(e, CallError::Trap(_)) {
-                    instance = Some(current);
-                }
+            continue;
+        }
+        let mid = range.start + range.len() / 2;
+        for half in [mid..range.end, range.start..mid] {
+            match caller.call(pack(half.clone())).await? {
+                Ok(r) => merge(&mut out.result, r, half.start),
+                Err(e) => failing.push((half, e)),
             }
         }
     }
-    out.instance = instance;
-    out
+    out.instance = caller.instance;
+    Ok(out)
+}
+
+struct Caller {
+    instance: Option<Instance>,
+    version: Arc<PluginVersion>,
+    limits: Limits,
+}
+
+impl Caller {
+    /// One call on a blocking thread; a trapped instance is dropped.
+    async fn call(&mut self, packed: Vec<u8>) -> anyhow::Result<Result<BatchResult, CallError>> {
+        let instance = self.instance.take();
+        let (version, limits) = (self.version.clone(), self.limits.clone());
+        let (instance, result) = tokio::task::spawn_blocking(move || {
+            let mut instance = match instance {
+                Some(i) => i,
+                None => match Instance::new(version, limits) {
+                    Ok(i) => i,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = instance.transform(&packed);
+            let healthy = !matches!(result, Err(CallError::Trap(_)));
+            (healthy.then_some(instance), result)
+        })
+        .await?;
+        self.instance = instance;
+        Ok(result)
+    }
+
+    fn reason(&self, e: &CallError) -> String {
+        let v = &self.version;
+        format!(
+            "{e} (plugin {} {}, {})",
+            v.name,
+            v.info.version,
+            v.short_hash()
+        )
+    }
+}
+
+/// Adds a sub-batch's result, its record indices shifted by `offset`.
+fn merge(into: &mut BatchResult, r: BatchResult, offset: usize) {
+    let offset = offset as u32;
+    into.outputs.extend(r.outputs.into_iter().map(|mut o| {
+        o.source += offset;
+        o
+    }));
+    into.errors.extend(r.errors.into_iter().map(|mut e| {
+        e.source += offset;
+        e
+    }));
 }

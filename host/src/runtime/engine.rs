@@ -1,8 +1,10 @@
 //! One wasmtime engine for the process: component model on, epoch
 //! interruption for time limits, and a ticker thread driving the epoch.
 
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::time::Duration;
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -29,9 +31,56 @@ impl WasiView for State {
 pub struct Runtime {
     pub engine: Engine,
     pub linker: std::sync::Arc<Linker<State>>,
+    /// Folder of compiled components, so a restart does not recompile.
+    cache: Option<PathBuf>,
 }
 
 impl Runtime {
+    /// A runtime that keeps compiled plugins in `cache` (created if needed).
+    pub fn with_cache(cache: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| anyhow::anyhow!("state_dir: cannot create {}: {e}", cache.display()))?;
+        Ok(Runtime {
+            cache: Some(cache),
+            ..Self::new()?
+        })
+    }
+
+    /// Compiles a component, or loads it from the cache. Cache entries are
+    /// keyed by the content hash and the engine's compatibility hash (its
+    /// version and settings), so a changed engine never loads a stale one.
+    pub fn compile(&self, bytes: &[u8], hash: &str) -> wasmtime::Result<Component> {
+        let Some(dir) = &self.cache else {
+            return Component::new(&self.engine, bytes);
+        };
+        let mut engine_key = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_key);
+        let path = dir.join(format!("{hash}-{:016x}.cwasm", engine_key.finish()));
+        if path.exists() {
+            // SAFETY: files in the cache are written only by `serialize`
+            // below, into the host's own state folder, under a name that
+            // carries this engine's compatibility hash.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "compiled-plugin cache entry unusable, recompiling: {e}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let tmp = path.with_extension("tmp");
+        let written = component
+            .serialize()
+            .and_then(|b| Ok(std::fs::write(&tmp, b)?))
+            .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), "cannot cache the compiled plugin: {e}");
+        }
+        Ok(component)
+    }
+
     pub fn new() -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
@@ -54,6 +103,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: std::sync::Arc::new(linker),
+            cache: None,
         })
     }
 }

@@ -13,14 +13,15 @@ use wasmtime::Store;
 pub struct Limits {
     pub memory_bytes: usize,
     pub batch_timeout: Duration,
+    /// Most outputs (plus errors) one call may return.
+    pub max_output_records: usize,
+    /// Most bytes one call's packed result may take.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory_bytes: 64 << 20,
-            batch_timeout: Duration::from_secs(5),
-        }
+        Limits::from(&crate::config::LimitsConfig::default())
     }
 }
 
@@ -29,11 +30,13 @@ impl From<&crate::config::LimitsConfig> for Limits {
         Limits {
             memory_bytes: (c.memory_mib as usize) << 20,
             batch_timeout: c.batch_timeout,
+            max_output_records: c.max_output_records,
+            max_output_bytes: (c.max_output_mib as usize) << 20,
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The instance trapped (panic, limit, timeout): it must be discarded.
     #[error("plugin trapped: {0}")]
@@ -44,7 +47,19 @@ pub enum CallError {
     /// The plugin returned bytes that are not a valid result.
     #[error("plugin returned a malformed result: {0}")]
     Malformed(String),
+    /// The result is larger than the pipeline's limits allow.
+    #[error("plugin output over the limit: {0}")]
+    Limit(String),
 }
+
+impl CallError {
+    /// The call ran out of time (an endless loop, or a batch too slow).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CallError::Trap(reason) if reason.starts_with(TIMEOUT))
+    }
+}
+
+const TIMEOUT: &str = "exceeded the time limit";
 
 pub struct Instance {
     pub version: Arc<PluginVersion>,
@@ -74,7 +89,23 @@ impl Instance {
             bindings.call_transform(s, batch)
         })?
         .map_err(CallError::Failed)?;
-        abi::decode_result(&packed).map_err(|e| CallError::Malformed(e.to_string()))
+        if packed.len() > self.limits.max_output_bytes {
+            return Err(CallError::Limit(format!(
+                "{} bytes of output for one call, more than limits.max_output_mib ({} MiB)",
+                packed.len(),
+                self.limits.max_output_bytes >> 20
+            )));
+        }
+        let result =
+            abi::decode_result(&packed).map_err(|e| CallError::Malformed(e.to_string()))?;
+        let count = result.outputs.len() + result.errors.len();
+        if count > self.limits.max_output_records {
+            return Err(CallError::Limit(format!(
+                "{count} outputs for one call, more than limits.max_output_records ({})",
+                self.limits.max_output_records
+            )));
+        }
+        Ok(result)
     }
 }
 
@@ -91,7 +122,9 @@ pub(super) fn with_deadline<R>(
     store.set_epoch_deadline(u64::MAX / 2);
     result.map_err(|e| {
         let reason = match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => format!("exceeded the time limit of {timeout:?}"),
+            Some(wasmtime::Trap::Interrupt) => {
+                format!("{TIMEOUT} of {timeout:?} (limits.batch_timeout)")
+            }
             Some(trap) => format!("{trap}: {}", root_cause(&e)),
             None => format!("{e:#}"),
         };

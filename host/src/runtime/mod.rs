@@ -12,7 +12,7 @@ pub use instance::Limits;
 pub use engine::Runtime;
 pub use instance::{CallError, Instance};
 pub use plugin::{LoadError, PluginVersion};
-pub use registry::Registry;
+pub use registry::{Registry, Unavailable};
 pub use watcher::watch;
 
 /// Generated host bindings for `wit/sluice.wit`.

@@ -6,7 +6,6 @@ use sha2::{Digest, Sha256};
 use sluice_plugin_sdk::schema::{Field, Index, Output, OutputKind, Plugin, Type};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use wasmtime::component::Component;
 
 /// Files larger than this are refused before compiling.
 pub const MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
@@ -80,8 +79,9 @@ impl PluginVersion {
         }
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: p(), source })?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        let component =
-            Component::new(&runtime.engine, &bytes).map_err(|e| LoadError::Compile {
+        let component = runtime
+            .compile(&bytes, &hash)
+            .map_err(|e| LoadError::Compile {
                 path: p(),
                 reason: format!("{e:#}"),
             })?;

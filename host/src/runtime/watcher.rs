@@ -82,7 +82,8 @@ fn reload(registry: &Registry, path: PathBuf, detected_at: Instant) -> Option<Pa
     let name = path.file_stem()?.to_string_lossy().into_owned();
     let Ok(before) = std::fs::metadata(&path) else {
         tracing::warn!(plugin = %name, file = %path.display(),
-            "plugin file removed; pipelines keep serving the loaded version");
+            "plugin file removed; pipelines using it pause until it is back");
+        registry.removed(&name, &path);
         return None;
     };
     std::thread::sleep(Duration::from_millis(20));
