@@ -17,7 +17,7 @@ fn load(dir: &Path) -> String {
 #[test]
 fn corrupt_truncated_or_missing_wasm_is_refused_with_file_and_reason() {
     let good = std::fs::read(plugin_wasm("orders", false)).unwrap();
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         (
             "not wasm",
             b"hello, I am a text file".to_vec(),
@@ -32,6 +32,11 @@ fn corrupt_truncated_or_missing_wasm_is_refused_with_file_and_reason() {
             "core module",
             b"\0asm\x01\0\0\0".to_vec(),
             "not a WebAssembly component",
+        ),
+        (
+            "50 MiB file",
+            vec![0; 50 << 20],
+            "52428800 bytes is larger than the 33554432-byte limit",
         ),
     ];
     for (what, bytes, want) in cases {
@@ -53,4 +58,36 @@ fn corrupt_truncated_or_missing_wasm_is_refused_with_file_and_reason() {
         "{err}"
     );
     assert!(load(&plugins_dir(&[("orders", &plugin_wasm("orders", false))])).is_empty());
+}
+
+#[test]
+fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let toml = config_toml(&dir, "p", "orders", "t", "");
+    let config = Config::parse(&toml, Path::new("t.toml")).unwrap();
+    let cache = config.state_dir.join("compiled");
+    let timed = || {
+        let started = std::time::Instant::now();
+        let registry = sluice::Host::load_plugins(&config).unwrap();
+        assert_eq!(registry.current("orders").unwrap().info.name, "orders");
+        started.elapsed()
+    };
+    let cold = timed();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].extension().is_some_and(|e| e == "cwasm"));
+    let warm = timed();
+    println!(
+        "load with compile {cold:?}, from the cache {warm:?} ({:.1}x faster)",
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+    assert!(warm < cold, "cache hit {warm:?} vs compile {cold:?}");
+    // A damaged cache entry is recompiled, never trusted.
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    timed();
+    assert!(std::fs::read(&entries[0]).unwrap().len() > 1000);
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Files larger than this are refused before compiling.
-pub const MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_PLUGIN_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
