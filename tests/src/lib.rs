@@ -84,6 +84,44 @@ pub fn plugin_wasm(name: &str, v2: bool) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// Builds a variant of the test-only `hostile` plugin (once per process)
+/// with a describe-time `feature`, or `hostile_import` for `"import"`.
+pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let plugins = repo_root().join("plugins");
+    let (package, tag) = match feature {
+        None => ("hostile", "hostile".to_string()),
+        Some("import") => ("hostile_import", "hostile_import".to_string()),
+        Some(f) => ("hostile", format!("hostile-{f}")),
+    };
+    let target_dir = plugins.join("target").join(&tag);
+    let mut built = BUILT.lock().unwrap();
+    if !built.contains(&tag) {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(&plugins)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                package,
+            ])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if let Some(f) = feature.filter(|f| *f != "import") {
+            cargo.args(["--features", f]);
+        }
+        assert!(cargo.status().unwrap().success(), "building {tag} failed");
+        built.push(tag);
+    }
+    target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{package}.wasm"))
+}
+
 /// A fresh plugins folder holding a copy of the given plugins.
 pub fn plugins_dir(plugins: &[(&str, &Path)]) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("sluice_plugins"));

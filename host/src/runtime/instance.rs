@@ -89,6 +89,16 @@ impl Instance {
             bindings.call_transform(s, batch)
         })?
         .map_err(CallError::Failed)?;
+        // The packed result starts with its output count: check it first.
+        let outputs = packed
+            .get(..4)
+            .map_or(0, |n| u32::from_le_bytes(n.try_into().unwrap()) as usize);
+        if outputs > self.limits.max_output_records {
+            return Err(CallError::Limit(format!(
+                "{outputs} outputs for one call, more than limits.max_output_records ({})",
+                self.limits.max_output_records
+            )));
+        }
         if packed.len() > self.limits.max_output_bytes {
             return Err(CallError::Limit(format!(
                 "{} bytes of output for one call, more than limits.max_output_mib ({} MiB)",
@@ -98,13 +108,6 @@ impl Instance {
         }
         let result =
             abi::decode_result(&packed).map_err(|e| CallError::Malformed(e.to_string()))?;
-        let count = result.outputs.len() + result.errors.len();
-        if count > self.limits.max_output_records {
-            return Err(CallError::Limit(format!(
-                "{count} outputs for one call, more than limits.max_output_records ({})",
-                self.limits.max_output_records
-            )));
-        }
         Ok(result)
     }
 }
@@ -121,12 +124,19 @@ pub(super) fn with_deadline<R>(
     let result = call(store);
     store.set_epoch_deadline(u64::MAX / 2);
     result.map_err(|e| {
+        let cause = root_cause(&e);
         let reason = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
                 format!("{TIMEOUT} of {timeout:?} (limits.batch_timeout)")
             }
-            Some(trap) => format!("{trap}: {}", root_cause(&e)),
-            None => format!("{e:#}"),
+            Some(wasmtime::Trap::StackOverflow) => "wasm stack overflow (deep recursion)".into(),
+            Some(trap) if cause == trap.to_string() => cause,
+            Some(trap) => format!("{trap}: {cause}"),
+            // StoreLimits' growth failure arrives as a plain error.
+            None if cause.contains("growing memory") => {
+                format!("exceeded the memory limit (limits.memory_mib): {cause}")
+            }
+            None => cause,
         };
         CallError::Trap(reason)
     })
