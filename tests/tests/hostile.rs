@@ -56,8 +56,7 @@ const HOSTILE: [(&str, &str, &str); 11] = [
         "trap",
         "exceeded the memory limit (limits.memory_mib)",
     ),
-    // Rust's shadow stack lives in linear memory: it overflows out of bounds.
-    ("recurse", "trap", "out of bounds memory access"),
+    ("recurse", "trap", "wasm stack overflow (deep recursion)"),
     ("panic", "trap", "unreachable"),
     ("trap-on-me", "trap", "unreachable"),
     (
