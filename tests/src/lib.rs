@@ -86,6 +86,8 @@ pub fn plugin_wasm(name: &str, v2: bool) -> PathBuf {
 
 /// Builds a variant of the test-only `hostile` plugin (once per process)
 /// with a describe-time `feature`, or `hostile_import` for `"import"`.
+/// All variants share one target folder, so only the plugin itself is
+/// rebuilt per feature; each result is copied aside under its own folder.
 pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let plugins = repo_root().join("plugins");
@@ -94,7 +96,8 @@ pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
         Some("import") => ("hostile_import", "hostile_import".to_string()),
         Some(f) => ("hostile", format!("hostile-{f}")),
     };
-    let target_dir = plugins.join("target").join(&tag);
+    let target_dir = plugins.join("target/hostile");
+    let kept = target_dir.join(&tag).join(format!("{package}.wasm"));
     let mut built = BUILT.lock().unwrap();
     if !built.contains(&tag) {
         let mut cargo = Command::new(env!("CARGO"));
@@ -115,11 +118,14 @@ pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
             cargo.args(["--features", f]);
         }
         assert!(cargo.status().unwrap().success(), "building {tag} failed");
+        std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+        let out = target_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{package}.wasm"));
+        std::fs::copy(out, &kept).unwrap();
         built.push(tag);
     }
-    target_dir
-        .join("wasm32-wasip2/release")
-        .join(format!("{package}.wasm"))
+    kept
 }
 
 /// A fresh plugins folder holding a copy of the given plugins.

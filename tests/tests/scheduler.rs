@@ -215,7 +215,14 @@ async fn cron_schedule_fires_on_time_and_empty_runs_cost_nothing() {
             (0..500).contains(&late.num_milliseconds()),
             "started {late} after its time"
         );
-        assert_eq!(run.state, RunState::Succeeded);
+        // A tick at the very moment the host stops is cut short by it.
+        let last = run.id == ticks.last().unwrap().id;
+        if last && run.state == RunState::Failed {
+            let error = run.error.as_deref().unwrap_or_default();
+            assert!(error.contains("shutting down"), "{error}");
+            continue;
+        }
+        assert_eq!(run.state, RunState::Succeeded, "{run:#?}");
         assert_eq!(run.note.as_deref(), Some("nothing new"));
         assert!(
             run.duration().unwrap() < Duration::from_millis(500),
