@@ -160,11 +160,7 @@ impl KafkaSource {
         group_id: &str,
         topics: &[String],
     ) -> anyhow::Result<Vec<PartitionRange>> {
-        let consumer: Arc<BaseConsumer> = Arc::new(consumer(config, group_id)?);
-        let names = topics.to_vec();
-        let topics = topics.to_vec();
-        with_coordinator_retry(&names, move || {
-            let (watermarks, partitions) = read_watermarks(&consumer, &topics)?;
+        read_offsets(config, group_id, topics, |consumer, watermarks, partitions| {
             let committed = consumer.committed_offsets(partitions, METADATA_TIMEOUT)?;
             let mut ranges = Vec::new();
             for e in committed.elements() {
@@ -205,43 +201,44 @@ impl KafkaSource {
         from_ms: i64,
         to_ms: i64,
     ) -> anyhow::Result<Vec<PartitionRange>> {
-        let consumer: Arc<BaseConsumer> = Arc::new(consumer(config, group_id)?);
-        let names = topics.to_vec();
-        let topics = topics.to_vec();
-        with_coordinator_retry(&names, move || {
-            let (watermarks, partitions) = read_watermarks(&consumer, &topics)?;
-            let offset_at = |ms: i64| -> anyhow::Result<HashMap<Tp, i64>> {
-                let mut tpl = TopicPartitionList::new();
-                for e in partitions.elements() {
-                    tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
-                }
-                let found = consumer.offsets_for_times(tpl, METADATA_TIMEOUT)?;
-                Ok(found
-                    .elements()
-                    .iter()
-                    .map(|e| {
-                        let tp = (e.topic().to_string(), e.partition());
-                        let offset = match e.offset() {
-                            Offset::Offset(o) => o,
-                            _ => watermarks[&tp].1, // no record that late
-                        };
-                        (tp, offset)
+        read_offsets(
+            config,
+            group_id,
+            topics,
+            move |consumer, watermarks, partitions| {
+                let offset_at = |ms: i64| -> anyhow::Result<HashMap<Tp, i64>> {
+                    let mut tpl = TopicPartitionList::new();
+                    for e in partitions.elements() {
+                        tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
+                    }
+                    let found = consumer.offsets_for_times(tpl, METADATA_TIMEOUT)?;
+                    Ok(found
+                        .elements()
+                        .iter()
+                        .map(|e| {
+                            let tp = (e.topic().to_string(), e.partition());
+                            let offset = match e.offset() {
+                                Offset::Offset(o) => o,
+                                _ => watermarks[&tp].1, // no record that late
+                            };
+                            (tp, offset)
+                        })
+                        .collect())
+                };
+                let (starts, ends) = (offset_at(from_ms)?, offset_at(to_ms)?);
+                let mut ranges: Vec<_> = starts
+                    .into_iter()
+                    .map(|(tp, from)| PartitionRange {
+                        to: ends[&tp].max(from),
+                        topic: tp.0,
+                        partition: tp.1,
+                        from,
                     })
-                    .collect())
-            };
-            let (starts, ends) = (offset_at(from_ms)?, offset_at(to_ms)?);
-            let mut ranges: Vec<_> = starts
-                .into_iter()
-                .map(|(tp, from)| PartitionRange {
-                    to: ends[&tp].max(from),
-                    topic: tp.0,
-                    partition: tp.1,
-                    from,
-                })
-                .collect();
-            ranges.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-            Ok(ranges)
-        })
+                    .collect();
+                ranges.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+                Ok(ranges)
+            },
+        )
         .await
     }
 
@@ -358,13 +355,25 @@ impl KafkaSource {
     }
 }
 
+/// Reads offsets of the group's partitions with a consumer that does not
+/// join the group: `read` gets the watermarks and the partition list.
 /// A fresh broker answers NotCoordinator until the group coordinator (the
 /// `__consumer_offsets` topic) is loaded: retry for a while.
-async fn with_coordinator_retry<T: Send + 'static>(
+async fn read_offsets<T: Send + 'static>(
+    config: &KafkaConfig,
+    group_id: &str,
     topics: &[String],
-    read: impl Fn() -> anyhow::Result<T> + Send + Sync + 'static,
+    read: impl Fn(&BaseConsumer, &Watermarks, TopicPartitionList) -> anyhow::Result<T>
+    + Send
+    + Sync
+    + 'static,
 ) -> anyhow::Result<T> {
-    let read = Arc::new(read);
+    let consumer: BaseConsumer = consumer(config, group_id)?;
+    let names = topics.to_vec();
+    let read = Arc::new(move || {
+        let (watermarks, partitions) = read_watermarks(&consumer, &names)?;
+        read(&consumer, &watermarks, partitions)
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = read.clone();
