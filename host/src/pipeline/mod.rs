@@ -142,18 +142,22 @@ impl Pipeline {
             }
             // A removed or quarantined plugin pauses the pipeline (nothing
             // is consumed) until a new version is loaded.
-            if let Err(why) = self.version() {
-                if let Some(slice) = slice.take() {
-                    slice.close(ledger, Err(&why)).await;
+            // The version checked here serves the batch fetched next.
+            let version = match self.version() {
+                Ok(version) => version,
+                Err(why) => {
+                    if let Some(slice) = slice.take() {
+                        slice.close(ledger, Err(&why)).await;
+                    }
+                    if self.stats.pause(Some(format!("{why:#}"))) {
+                        tracing::error!(pipeline = %name, "paused: {why:#}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                        _ = shutdown.changed() => break Ok(()),
+                    }
                 }
-                if self.stats.pause(Some(format!("{why:#}"))) {
-                    tracing::error!(pipeline = %name, "paused: {why:#}");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                    _ = shutdown.changed() => break Ok(()),
-                }
-            }
+            };
             if self.stats.pause(None) {
                 tracing::info!(pipeline = %name, "resumed");
             }
@@ -171,7 +175,6 @@ impl Pipeline {
                 }
                 continue;
             }
-            let version = self.version()?;
             if slice.as_ref().is_some_and(|s| s.hash != version.hash) {
                 slice.take().unwrap().close(ledger, Ok(())).await;
             }
