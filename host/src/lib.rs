@@ -47,7 +47,7 @@ impl Host {
     /// databases. A plugin a pipeline names must load; others that fail are
     /// logged and skipped (a later fix to the file hot-loads them).
     pub fn load_plugins(config: &Config) -> anyhow::Result<Arc<Registry>> {
-        let runtime = Runtime::with_cache(config.state_dir.join("compiled"))?;
+        let runtime = Runtime::for_config(config)?;
         let registry = Registry::new(runtime, config.plugins_dir.clone());
         let needed: std::collections::BTreeSet<&str> =
             config.pipelines.iter().map(|p| p.plugin.as_str()).collect();

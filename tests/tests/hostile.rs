@@ -57,7 +57,8 @@ const HOSTILE: [(&str, &str, &str); 11] = [
         "exceeded the memory limit (limits.memory_mib)",
     ),
     ("recurse", "trap", "wasm stack overflow (deep recursion)"),
-    ("panic", "trap", "unreachable"),
+    // The panic message comes from the plugin's captured stderr.
+    ("panic", "trap", "hostile panic"),
     ("trap-on-me", "trap", "unreachable"),
     (
         "flood",
@@ -79,7 +80,8 @@ async fn every_hostile_record_is_contained_and_the_rest_of_its_batch_delivered()
     create_topic(&topic, 1).await;
     let pipeline = unique("hostile");
     let limits = "limits = { batch_timeout = \"5s\", memory_mib = 256, max_output_records = 10000, max_output_mib = 4, quarantine_after = 100 }";
-    let toml = host_toml(&dir, "") + &hostile_pipeline(&pipeline, &topic, limits);
+    let toml = host_toml(&dir, "[engine]\nstack_kib = 256\n")
+        + &hostile_pipeline(&pipeline, &topic, limits);
     let config = Config::parse(&toml, Path::new("hostile.toml")).unwrap();
 
     // Each hostile record sits between good ones, all in one batch.
@@ -377,4 +379,172 @@ async fn removing_a_plugin_file_pauses_its_pipeline_until_the_file_is_back() {
     .await;
     let _ = stop.send(());
     running.await.unwrap().unwrap();
+}
+
+/// The probes' results, by pipeline: `{id: result}`.
+async fn probe_results(pipeline: &str) -> std::collections::BTreeMap<String, String> {
+    use futures::TryStreamExt;
+    let docs: Vec<Document> = mongo()
+        .await
+        .collection::<Document>(&format!("{pipeline}_probes"))
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.iter()
+        .map(|d| {
+            let id = d.get_str("id").unwrap().to_string();
+            (id, d.get_str("result").unwrap().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_open_exactly_what_the_pipeline_names_and_a_lying_describe_loses_nothing() {
+    init_logs();
+    let dir = plugins_dir(&[
+        ("hostile", &hostile_wasm(None)),
+        ("liar", &hostile_wasm(Some("describe-lie"))),
+    ]);
+    let granted_dir = dir.join("granted");
+    std::fs::create_dir_all(&granted_dir).unwrap();
+    std::fs::write(granted_dir.join("hello.txt"), "hello").unwrap();
+    let topic = unique("grants");
+    create_topic(&topic, 1).await;
+    let kafka = kafka_brokers();
+    let mysql_port = mysql_url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // Each probe's value names what it tries to reach.
+    let probes = [
+        ("env", "PATH"),
+        ("read-file", "/granted/hello.txt"),
+        ("socket", kafka.as_str()),
+        ("clock", ""),
+        ("random", ""),
+    ];
+    let events: Vec<(String, String)> = probes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(good(0..5))
+        .collect();
+    produce(&producer(), &topic, &events).await;
+    // Outside what is granted: another file and another port.
+    let outside = unique("grants_outside");
+    create_topic(&outside, 1).await;
+    produce(
+        &producer(),
+        &outside,
+        &[
+            ("read-file".to_string(), "/etc/passwd".to_string()),
+            ("socket".to_string(), format!("127.0.0.1:{mysql_port}")),
+        ],
+    )
+    .await;
+
+    let (sealed_a, sealed_b, granted, granted_outside, liar) = (
+        unique("sealed_a"),
+        unique("sealed_b"),
+        unique("granted"),
+        unique("granted_out"),
+        unique("liar"),
+    );
+    let grants = format!(
+        "[pipelines.grants]\nenv = [\"PATH\"]\nread_dirs = {{ \"/granted\" = \"{}\" }}\nconnect = [\"{kafka}\"]\nclock = true\nrandom = true\n",
+        granted_dir.display()
+    );
+    let toml = host_toml(&dir, "")
+        + &hostile_pipeline(&sealed_a, &topic, "")
+        + &hostile_pipeline(&sealed_b, &topic, "")
+        + &hostile_pipeline(&granted, &topic, &grants)
+        + &hostile_pipeline(&granted_outside, &outside, &grants)
+        + &pipeline_toml(
+            &liar,
+            "liar",
+            &topic,
+            &format!("routes.events = {{ sink = \"mongodb\", name = \"{liar}_events\" }}"),
+        );
+    let config = Config::parse(&toml, Path::new("grants.toml")).unwrap();
+    let host = Host::start(config).await.unwrap();
+    host.run(std::future::pending(), RunMode::Once)
+        .await
+        .unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (a, b) = (
+        probe_results(&sealed_a).await,
+        probe_results(&sealed_b).await,
+    );
+    let g = probe_results(&granted).await;
+    for (name, results) in [("sealed", &a), ("granted", &g)] {
+        for (probe, result) in results {
+            println!("| {probe} | {name} | {result} |");
+        }
+    }
+    for probe in ["env", "read-file", "socket"] {
+        assert!(
+            a[probe].starts_with("denied"),
+            "sealed {probe}: {}",
+            a[probe]
+        );
+        assert!(g[probe].starts_with("ok"), "granted {probe}: {}", g[probe]);
+    }
+    assert!(
+        g["env"].contains("1 environment variables, PATH="),
+        "{}",
+        g["env"]
+    );
+    assert_eq!(g["read-file"], "ok: read 5 bytes of /granted/hello.txt");
+    assert_eq!(a["clock"], "ok: 0", "the sealed clock reads 1970-01-01");
+    let granted_secs: u64 = g["clock"].trim_start_matches("ok: ").parse().unwrap();
+    assert!(granted_secs.abs_diff(now) < 600, "{}", g["clock"]);
+    assert_eq!(
+        a["random"], b["random"],
+        "sealed randomness is a fixed sequence"
+    );
+    assert_ne!(a["random"], g["random"]);
+
+    let out = probe_results(&granted_outside).await;
+    println!("outside the grants: {out:?}");
+    assert!(
+        out["read-file"].starts_with("denied"),
+        "{}",
+        out["read-file"]
+    );
+    assert!(out["socket"].starts_with("denied"), "{}", out["socket"]);
+
+    // `describe` declared only `events` but every record goes to `secret`:
+    // nothing is written anywhere undeclared, every record is a dead letter.
+    let dead: Vec<Document> = {
+        use futures::TryStreamExt;
+        mongo()
+            .await
+            .collection::<Document>(&format!("{liar}_dead_letters"))
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(dead.len(), events.len());
+    for d in &dead {
+        let reason = d.get_str("reason").unwrap();
+        assert_eq!(d.get_str("stage").unwrap(), "schema", "{reason}");
+        assert!(reason.contains("secret"), "{reason}");
+    }
+    println!("describe-lie: {}", dead[0].get_str("reason").unwrap());
+    let collections = mongo().await.list_collection_names().await.unwrap();
+    assert!(!collections.iter().any(|c| c.contains("secret")));
+    assert_eq!(count(&format!("{liar}_events")).await, 0);
 }

@@ -53,6 +53,34 @@ pub struct Config {
     /// The local HTTP API used by `sluice trigger`, `backfill`, `pipelines`.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Settings of the WebAssembly engine shared by every plugin.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Most KiB of stack a plugin call may use; deeper recursion traps.
+    /// One engine serves every plugin, so this is host-wide.
+    #[serde(default = "default_stack_kib")]
+    pub stack_kib: usize,
+}
+
+/// Highest `engine.stack_kib`: plugin calls run on the host's blocking
+/// threads (2 MiB stacks), which must keep room for the host's own frames.
+pub const MAX_STACK_KIB: usize = 1024;
+
+fn default_stack_kib() -> usize {
+    512
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            stack_kib: default_stack_kib(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -174,6 +202,62 @@ pub struct PipelineConfig {
     /// How a failed scheduled run is retried.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// WASI capabilities the plugin gets; none by default.
+    #[serde(default)]
+    pub grants: GrantsConfig,
+    /// How a new version of the plugin takes over: at the next batch
+    /// (`immediate`, the default) or after running in shadow (`canary`).
+    #[serde(default)]
+    pub reload: ReloadMode,
+    /// With `reload = "canary"`: promote the new version after this many
+    /// clean shadow batches; 0 waits for `sluice plugins promote`.
+    #[serde(default = "default_canary_batches")]
+    pub canary_batches: u32,
+}
+
+fn default_canary_batches() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadMode {
+    #[default]
+    Immediate,
+    Canary,
+}
+
+impl ReloadMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadMode::Immediate => "immediate",
+            ReloadMode::Canary => "canary",
+        }
+    }
+}
+
+/// What the sandbox lets a plugin reach. Without a grant the plugin sees no
+/// environment, no files and no network; its clocks read 0 (1970-01-01)
+/// and its random numbers are a fixed sequence, so a transform replayed on
+/// the same records gives the same outputs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Environment variables passed through from the host, by name.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Host folders the plugin may read: guest path = host path.
+    #[serde(default)]
+    pub read_dirs: BTreeMap<String, PathBuf>,
+    /// Addresses the plugin may open TCP connections to.
+    #[serde(default)]
+    pub connect: Vec<std::net::SocketAddr>,
+    /// The host's real wall and monotonic clocks.
+    #[serde(default)]
+    pub clock: bool,
+    /// Real randomness.
+    #[serde(default)]
+    pub random: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -460,6 +544,43 @@ impl Config {
             if p.retry.backoff > crate::scheduler::MAX_INTERVAL {
                 return Err((key("retry.backoff"), "must be at most 366 days".into()));
             }
+            for (guest, host) in &p.grants.read_dirs {
+                if !guest.starts_with('/') {
+                    return Err((
+                        key(&format!("grants.read_dirs.{guest}")),
+                        "the guest path must be absolute, like \"/lookup\"".into(),
+                    ));
+                }
+                if !host.is_dir() {
+                    return Err((
+                        key(&format!("grants.read_dirs.{guest}")),
+                        format!("{} is not a folder", host.display()),
+                    ));
+                }
+            }
+            // A plugin's versions are promoted per plugin, so its pipelines
+            // must agree on how a new version takes over.
+            if let Some(other) = self
+                .pipelines
+                .iter()
+                .find(|o| o.plugin == p.plugin && o.reload != p.reload)
+            {
+                return Err((
+                    key("reload"),
+                    format!(
+                        "pipeline '{}' runs plugin '{}' with reload = \"{}\"; every pipeline of one plugin needs the same reload mode",
+                        other.name,
+                        p.plugin,
+                        other.reload.as_str()
+                    ),
+                ));
+            }
+        }
+        if !(64..=MAX_STACK_KIB).contains(&self.engine.stack_kib) {
+            return Err((
+                "engine.stack_kib".into(),
+                format!("must be from 64 to {MAX_STACK_KIB}"),
+            ));
         }
         // Sluice commits offsets itself, after the sinks acknowledged.
         for owned in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {

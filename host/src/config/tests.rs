@@ -167,3 +167,51 @@ fn schedules_retries_ledger_and_api() {
     let e = error(&GOOD.replace("[kafka]", "[api]\nlisten = \"localhost\"\n[kafka]"));
     assert!(e.contains("api.listen"), "{e}");
 }
+
+#[test]
+fn grants_engine_and_reload_mode() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.pipelines[0].grants, GrantsConfig::default());
+    assert_eq!(c.engine.stack_kib, 512);
+    assert_eq!(c.pipelines[0].reload, ReloadMode::Immediate);
+    let granted = format!(
+        "{GOOD}grants = {{ env = [\"TZ\"], read_dirs = {{ \"/lookup\" = \"{}\" }}, connect = [\"127.0.0.1:6379\"], clock = true }}\nreload = \"canary\"\ncanary_batches = 3\n",
+        std::env::temp_dir().display()
+    );
+    let c = parse(&granted).unwrap();
+    let p = &c.pipelines[0];
+    assert_eq!(p.grants.env, ["TZ"]);
+    assert!(p.grants.clock && !p.grants.random);
+    assert_eq!((p.reload, p.canary_batches), (ReloadMode::Canary, 3));
+
+    let e = error(&format!(
+        "{GOOD}grants = {{ read_dirs = {{ \"/lookup\" = \"/no/such/folder\" }} }}\n"
+    ));
+    assert!(
+        e.contains("pipelines[0].grants.read_dirs./lookup: /no/such/folder is not a folder"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{GOOD}grants = {{ read_dirs = {{ \"lookup\" = \"/tmp\" }} }}\n"
+    ));
+    assert!(e.contains("the guest path must be absolute"), "{e}");
+    let e = error(&format!("{GOOD}grants = {{ network = true }}\n"));
+    assert!(
+        e.contains("pipelines[0].grants") && e.contains("unknown field `network`"),
+        "{e}"
+    );
+    let e = error(&GOOD.replace("plugins_dir = \"plugins\"", "[engine]\nstack_kib = 4096"));
+    assert!(
+        e.contains("engine.stack_kib: must be from 64 to 1024"),
+        "{e}"
+    );
+
+    let two = format!(
+        "{GOOD}reload = \"canary\"\n[[pipelines]]\nname = \"orders_again\"\nplugin = \"orders\"\ntopics = [\"orders\"]\n"
+    );
+    let e = error(&two);
+    assert!(
+        e.contains("pipelines[0].reload: pipeline 'orders_again' runs plugin 'orders' with reload = \"immediate\""),
+        "{e}"
+    );
+}

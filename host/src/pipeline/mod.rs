@@ -51,7 +51,7 @@ impl Pipeline {
         registry: Arc<Registry>,
         sinks: Sinks,
     ) -> Self {
-        let limits = Limits::from(&config.limits);
+        let limits = Limits::for_pipeline(&config);
         Pipeline {
             config,
             global,

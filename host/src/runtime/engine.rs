@@ -11,11 +11,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// How often the epoch advances: the granularity of `batch_timeout`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Per-store host state: a WASI context with no capabilities, and limits.
+/// Per-store host state: the WASI context the pipeline granted, the
+/// plugin's captured output, and limits.
 pub struct State {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub limits: StoreLimits,
+    pub output: super::wasi::Output,
 }
 
 impl WasiView for State {
@@ -36,14 +38,27 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A runtime that keeps compiled plugins in `cache` (created if needed).
-    pub fn with_cache(cache: PathBuf) -> anyhow::Result<Self> {
+    /// The runtime a host config asks for; compiled plugins are kept in
+    /// `STATE_DIR/compiled` (created if needed).
+    pub fn for_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        let cache = config.state_dir.join("compiled");
         std::fs::create_dir_all(&cache)
             .map_err(|e| anyhow::anyhow!("state_dir: cannot create {}: {e}", cache.display()))?;
         Ok(Runtime {
             cache: Some(cache),
-            ..Self::new()?
+            ..Self::build(&config.engine, true)?
         })
+    }
+
+    /// A runtime with default settings and no cache.
+    pub fn new() -> anyhow::Result<Self> {
+        Self::build(&Default::default(), true)
+    }
+
+    /// For the limits-overhead benchmark only: no epoch interruption, so
+    /// `limits.batch_timeout` cannot be enforced.
+    pub fn without_time_limits() -> anyhow::Result<Self> {
+        Self::build(&Default::default(), false)
     }
 
     /// Compiles a component, or loads it from the cache. Cache entries are
@@ -81,14 +96,17 @@ impl Runtime {
         Ok(component)
     }
 
-    pub fn new() -> anyhow::Result<Self> {
+    fn build(settings: &crate::config::EngineConfig, time_limits: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(time_limits)
+            .max_wasm_stack(settings.stack_kib << 10);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // Plugins built for wasm32-wasip2 import WASI interfaces through std;
-        // they are linked, but every store gets an empty WasiCtx: no files,
-        // no network, no environment, no arguments, closed stdio.
+        // they are linked, but each store's WasiCtx holds only what its
+        // pipeline granted (see `wasi::context`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let weak = engine.weak();
         std::thread::Builder::new()

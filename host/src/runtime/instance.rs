@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::Store;
 
-/// Sandbox limits applied to each instance.
+/// Sandbox limits applied to each instance, and what it may reach.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// WASI capabilities (none by default).
+    pub grants: Arc<crate::config::GrantsConfig>,
     pub memory_bytes: usize,
     pub batch_timeout: Duration,
     /// Most outputs (plus errors) one call may return.
@@ -25,9 +27,20 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// A pipeline's limits and grants.
+    pub fn for_pipeline(p: &crate::config::PipelineConfig) -> Self {
+        Limits {
+            grants: Arc::new(p.grants.clone()),
+            ..Limits::from(&p.limits)
+        }
+    }
+}
+
 impl From<&crate::config::LimitsConfig> for Limits {
     fn from(c: &crate::config::LimitsConfig) -> Self {
         Limits {
+            grants: Default::default(),
             memory_bytes: (c.memory_mib as usize) << 20,
             batch_timeout: c.batch_timeout,
             max_output_records: c.max_output_records,
@@ -89,6 +102,10 @@ impl Instance {
             bindings.call_transform(s, batch)
         })?
         .map_err(CallError::Failed)?;
+        let printed = self.store.data().output.take();
+        if !printed.is_empty() {
+            tracing::debug!(plugin = %self.version.name, "plugin printed: {printed}");
+        }
         // The packed result starts with its output count: check it first.
         let outputs = packed
             .get(..4)
@@ -124,6 +141,8 @@ pub(super) fn with_deadline<R>(
     let result = call(store);
     store.set_epoch_deadline(u64::MAX / 2);
     result.map_err(|e| {
+        // A panicking Rust plugin prints why before it traps.
+        let printed = store.data().output.take();
         let cause = root_cause(&e);
         let reason = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
@@ -138,8 +157,28 @@ pub(super) fn with_deadline<R>(
             }
             None => cause,
         };
-        CallError::Trap(reason)
+        if printed.is_empty() {
+            CallError::Trap(reason)
+        } else {
+            CallError::Trap(format!(
+                "{reason}; the plugin printed: {}",
+                last_lines(&printed)
+            ))
+        }
     })
+}
+
+/// The end of a plugin's output, on one line: enough for a panic message.
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    match tail.char_indices().nth(500) {
+        Some((cut, _)) => format!("{}…", &tail[..cut]),
+        None => tail,
+    }
 }
 
 fn root_cause(e: &wasmtime::Error) -> String {

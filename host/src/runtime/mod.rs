@@ -5,6 +5,7 @@ mod engine;
 mod instance;
 mod plugin;
 mod registry;
+mod wasi;
 mod watcher;
 
 pub use instance::Limits;

@@ -141,8 +141,10 @@ impl PluginVersion {
         &self,
         limits: &super::Limits,
     ) -> wasmtime::Result<(wasmtime::Store<State>, Transform)> {
+        let output = super::wasi::Output::default();
         let state = State {
-            wasi: wasmtime_wasi::WasiCtx::builder().build(),
+            wasi: super::wasi::context(&limits.grants, &output)?,
+            output,
             table: Default::default(),
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)

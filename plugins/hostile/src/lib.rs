@@ -16,9 +16,11 @@
 //! | `recurse`    | recurses until the wasm stack overflows                          |
 //! | `panic`      | `panic!("hostile panic")`                                        |
 //! | `trap-on-me` | executes `unreachable`                                           |
-//! | `read-file`  | reads `/etc/passwd`, reports on `probes`                         |
-//! | `socket`     | connects to `127.0.0.1:9092`, reports on `probes`                |
-//! | `env`        | counts environment variables and reads `HOME`, reports on `probes` |
+//! | `read-file`  | reads `/etc/passwd` (or the path in the value), reports on `probes` |
+//! | `socket`     | connects to `127.0.0.1:9092` (or the value), reports on `probes` |
+//! | `env`        | counts environment variables and reads `HOME` (or the value), reports on `probes` |
+//! | `clock`      | reports the wall clock's Unix seconds on `probes`                |
+//! | `random`     | reports a number drawn from WASI randomness on `probes`          |
 //! | `flood`      | emits 1,000,000 `events` documents                               |
 //! | `big`        | emits one `events` document whose `note` is 10 MiB long          |
 //! | `wrong-type` | emits a `rows` row whose integer `n` is a string                 |
@@ -28,7 +30,8 @@
 //! | other / none | behaves: one `events` document and one `rows` row (see below)    |
 //!
 //! Probe results are `"ok: <summary>"` if the operation worked and
-//! `"denied: <error>"` if it failed; probes never fail the record.
+//! `"denied: <error>"` if it failed; probes never fail the record. A probe
+//! record's value, unless it is `{}` or empty, names what to probe.
 //!
 //! Well-behaved records emit `events` `{id, value}` (value: the record value
 //! as lossy UTF-8 text, null if absent) and `rows` `{id, n, label}` (n: the
@@ -131,9 +134,20 @@ impl Transform for Hostile {
             }
             Some("panic") => panic!("hostile panic"),
             Some("trap-on-me") => trap(),
-            Some("read-file") => out.emit("probes", json!({ "id": id, "result": read_file() })),
-            Some("socket") => out.emit("probes", json!({ "id": id, "result": socket() })),
-            Some("env") => out.emit("probes", json!({ "id": id, "result": env() })),
+            Some("read-file") => {
+                let path = target(&value, "/etc/passwd");
+                out.emit("probes", json!({ "id": id, "result": read_file(path) }))
+            }
+            Some("socket") => {
+                let address = target(&value, "127.0.0.1:9092");
+                out.emit("probes", json!({ "id": id, "result": socket(address) }))
+            }
+            Some("env") => {
+                let name = target(&value, "HOME");
+                out.emit("probes", json!({ "id": id, "result": env(name) }))
+            }
+            Some("clock") => out.emit("probes", json!({ "id": id, "result": clock() })),
+            Some("random") => out.emit("probes", json!({ "id": id, "result": random() })),
             Some("flood") => {
                 for seq in 0..FLOOD_COUNT {
                     out.emit("events", json!({ "id": id, "seq": seq }))?;
@@ -206,28 +220,50 @@ fn trap() -> ! {
     std::process::abort();
 }
 
-fn read_file() -> String {
-    match std::fs::read_to_string("/etc/passwd") {
-        Ok(text) => format!("ok: read {} bytes of /etc/passwd", text.len()),
+/// What a probe record asks for: its value, unless that is `{}` or empty.
+fn target<'a>(value: &'a Option<String>, default: &'a str) -> &'a str {
+    match value.as_deref() {
+        Some(v) if !v.is_empty() && v != "{}" => v,
+        _ => default,
+    }
+}
+
+fn read_file(path: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => format!("ok: read {} bytes of {path}", text.len()),
         Err(e) => format!("denied: {e}"),
     }
 }
 
-fn socket() -> String {
-    match std::net::TcpStream::connect("127.0.0.1:9092") {
-        Ok(_) => "ok: connected to 127.0.0.1:9092".into(),
+fn socket(address: &str) -> String {
+    match std::net::TcpStream::connect(address) {
+        Ok(_) => format!("ok: connected to {address}"),
         Err(e) => format!("denied: {e}"),
     }
 }
 
 /// `vars_os` rather than `vars`: `vars` panics on a non-UTF-8 variable.
-fn env() -> String {
+fn env(name: &str) -> String {
     let count = std::env::vars_os().count();
-    match std::env::var("HOME") {
-        Ok(_) => format!("ok: {count} environment variables, HOME is set"),
-        Err(e) if count > 0 => format!("ok: {count} environment variables, HOME: {e}"),
-        Err(e) => format!("denied: {count} environment variables, HOME: {e}"),
+    match std::env::var(name) {
+        Ok(v) => format!("ok: {count} environment variables, {name}={v}"),
+        Err(e) if count > 0 => format!("ok: {count} environment variables, {name}: {e}"),
+        Err(e) => format!("denied: {count} environment variables, {name}: {e}"),
     }
+}
+
+fn clock() -> String {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => format!("ok: {}", d.as_secs()),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+/// `RandomState` keys its hasher from WASI randomness.
+fn random() -> String {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    format!("ok: {:016x}", state.hash_one(0u8))
 }
 
 #[cfg(all(
