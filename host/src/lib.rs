@@ -6,6 +6,7 @@
 //! `run(config, shutdown)` does both, for tests and `main`.
 
 pub mod api;
+pub mod canary;
 pub mod config;
 pub mod pipeline;
 pub mod router;
@@ -49,6 +50,12 @@ impl Host {
     pub fn load_plugins(config: &Config) -> anyhow::Result<Arc<Registry>> {
         let runtime = Runtime::for_config(config)?;
         let registry = Registry::new(runtime, config.plugins_dir.clone());
+        let canary = config
+            .pipelines
+            .iter()
+            .filter(|p| p.reload == config::ReloadMode::Canary)
+            .map(|p| p.plugin.clone());
+        registry.set_canary(canary, config.state_dir.join("promoted"));
         let needed: std::collections::BTreeSet<&str> =
             config.pipelines.iter().map(|p| p.plugin.as_str()).collect();
         let mut names: std::collections::BTreeSet<String> =
@@ -63,11 +70,24 @@ impl Host {
             }
         }
         for name in names {
+            // A canary plugin first gets the version promoted before the
+            // restart; a newer file in the folder becomes its canary.
+            if let Some(kept) = registry.kept_copy(&name) {
+                match registry.load_path(&kept, std::time::Instant::now()) {
+                    Ok(v) => {
+                        tracing::info!(plugin = %v.name, version = %v.info.version, hash = %v.short_hash(),
+                            file = %kept.display(), "promoted version loaded")
+                    }
+                    Err(e) => tracing::warn!(plugin = %name, "kept promoted version unusable: {e}"),
+                }
+            }
             match registry.load(&name) {
-                Ok(v) => {
+                Ok(v) if registry.current(&name).is_some_and(|c| c.hash == v.hash) => {
                     tracing::info!(plugin = %v.name, version = %v.info.version, hash = %v.short_hash(),
                     outputs = v.info.outputs.len(), "plugin loaded")
                 }
+                // Taken as a canary, or refused as rolled back: logged there.
+                Ok(_) => {}
                 Err(e) if needed.contains(name.as_str()) => {
                     let pipeline = config
                         .pipelines

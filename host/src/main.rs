@@ -71,6 +71,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Loaded plugin versions and running canaries (with their reports);
+    /// `promote` or `rollback` a canary.
+    #[command(args_conflicts_with_subcommands = true)]
+    Plugins {
+        #[command(subcommand)]
+        action: Option<cli::PluginsCommand>,
+        #[command(flatten)]
+        list: cli::PluginsArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +112,7 @@ fn main() -> ExitCode {
             config,
         } => cli::backfill(&config, &pipeline, from, to),
         Command::Pipelines { config, json } => cli::pipelines(&config, json),
+        Command::Plugins { action, list } => cli::plugins(action, list),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -335,3 +335,47 @@ pub fn sluice_bin() -> PathBuf {
         .map_or_else(|| repo_root().join("target"), PathBuf::from);
     target.join("debug/sluice")
 }
+
+/// The hostile plugin's three outputs routed to fresh tables/collections.
+pub fn hostile_pipeline(pipeline: &str, topic: &str, extra: &str) -> String {
+    let routes = format!(
+        "routes.events = {{ sink = \"mongodb\", name = \"{pipeline}_events\" }}\n\
+         routes.probes = {{ sink = \"mongodb\", name = \"{pipeline}_probes\" }}\n\
+         routes.rows = {{ sink = \"mysql\", name = \"{pipeline}_rows\" }}"
+    );
+    pipeline_toml(pipeline, "hostile", topic, &format!("{routes}\n{extra}"))
+}
+
+/// The same component with a custom section appended: a new content hash.
+pub fn new_version(wasm: &[u8]) -> Vec<u8> {
+    let name = b"sluice-test-version";
+    let mut bytes = wasm.to_vec();
+    bytes.push(0); // custom section
+    bytes.push((1 + name.len() + 1) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.push(2);
+    bytes
+}
+
+/// Writes a config file into `dir` for the `sluice` binary.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Runs the `sluice` binary: (succeeded, stdout, stderr).
+pub fn sluice_cli(args: &[&str], config: &Path) -> (bool, String, String) {
+    let out = Command::new(sluice_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -8,15 +8,23 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn write_config(dir: &Path, toml: &str) -> std::path::PathBuf {
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["run", "--help"], &["validate", "--help"]] {
+    let commands: [&[&str]; 12] = [
+        &["--help"],
+        &["run", "--help"],
+        &["validate", "--help"],
+        &["runs", "--help"],
+        &["runs", "show", "--help"],
+        &["trigger", "--help"],
+        &["backfill", "--help"],
+        &["pipelines", "--help"],
+        &["plugins", "--help"],
+        &["plugins", "promote", "--help"],
+        &["plugins", "rollback", "--help"],
+        &["help", "plugins"],
+    ];
+    for args in commands {
         let out = Command::new(sluice_bin()).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(

@@ -9,16 +9,6 @@ use sluice_tests::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// The hostile plugin's three outputs routed to fresh tables/collections.
-fn hostile_pipeline(pipeline: &str, topic: &str, extra: &str) -> String {
-    let routes = format!(
-        "routes.events = {{ sink = \"mongodb\", name = \"{pipeline}_events\" }}\n\
-         routes.probes = {{ sink = \"mongodb\", name = \"{pipeline}_probes\" }}\n\
-         routes.rows = {{ sink = \"mysql\", name = \"{pipeline}_rows\" }}"
-    );
-    pipeline_toml(pipeline, "hostile", topic, &format!("{routes}\n{extra}"))
-}
-
 async fn count(collection: &str) -> u64 {
     mongo()
         .await
@@ -198,18 +188,6 @@ fn describe_time_misbehaviour_and_foreign_imports_are_refused_with_file_and_reas
             "{feature}: {err}"
         );
     }
-}
-
-/// The same component with a custom section appended: a new content hash.
-fn new_version(wasm: &[u8]) -> Vec<u8> {
-    let name = b"sluice-test-version";
-    let mut bytes = wasm.to_vec();
-    bytes.push(0); // custom section
-    bytes.push((1 + name.len() + 1) as u8);
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.push(2);
-    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

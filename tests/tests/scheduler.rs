@@ -50,8 +50,7 @@ async fn runs(ledger: &Ledger, pipeline: &str) -> Vec<Run> {
 }
 
 fn write_config(dir: &Path, toml: &str) -> (Config, PathBuf) {
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, toml).unwrap();
+    let path = sluice_tests::write_config(dir, toml);
     (Config::load(&path).unwrap(), path)
 }
 

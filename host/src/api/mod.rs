@@ -10,6 +10,9 @@
 //! | GET    | /v1/runs/{id}                      | one run                       |
 //! | POST   | /v1/pipelines/{name}/trigger       | start (or queue) a run now    |
 //! | POST   | /v1/pipelines/{name}/backfill      | `{"from": T, "to": T}` RFC 3339 |
+//! | GET    | /v1/plugins                        | versions, canaries and reports |
+//! | POST   | /v1/plugins/{name}/promote         | make the canary current       |
+//! | POST   | /v1/plugins/{name}/rollback        | drop the canary               |
 
 pub mod client;
 
@@ -49,6 +52,35 @@ pub struct PipelineView {
     pub plugin_hash: Option<String>,
     /// Why the pipeline is paused: plugin removed or quarantined.
     pub paused: Option<String>,
+}
+
+/// One line of `sluice plugins`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub version: Option<String>,
+    pub hash: Option<String>,
+    pub file: Option<String>,
+    /// `immediate` or `canary`.
+    pub reload: String,
+    /// Why its pipelines are paused: removed, quarantined, not loaded.
+    pub paused: Option<String>,
+    pub canary: Option<CanaryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryView {
+    pub version: String,
+    pub hash: String,
+    pub report: crate::canary::Report,
+}
+
+/// The answer to a promote or rollback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginChanged {
+    pub plugin: String,
+    pub version: String,
+    pub hash: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +133,9 @@ pub async fn serve(
         .route("/v1/runs/{id}", get(run))
         .route("/v1/pipelines/{name}/trigger", post(trigger))
         .route("/v1/pipelines/{name}/backfill", post(backfill))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/{name}/promote", post(promote))
+        .route("/v1/plugins/{name}/rollback", post(rollback))
         .with_state(Arc::new(state));
     tracing::info!(%listen, "API listening");
     Ok(tokio::spawn(async move {
@@ -138,6 +173,57 @@ async fn pipelines(State(state): State<Arc<ApiState>>) -> Reply<Vec<PipelineView
         });
     }
     Ok(Json(views))
+}
+
+async fn plugins(State(state): State<Arc<ApiState>>) -> Json<Vec<PluginView>> {
+    let views = state
+        .registry
+        .states()
+        .into_iter()
+        .map(|(name, s)| PluginView {
+            version: s.current.as_ref().map(|v| v.info.version.clone()),
+            hash: s.current.as_ref().map(|v| v.hash.clone()),
+            file: s.current.as_ref().map(|v| v.path.display().to_string()),
+            reload: if s.canary_mode { "canary" } else { "immediate" }.into(),
+            paused: s.unavailable.map(|e| e.to_string()),
+            canary: s.candidate.map(|(v, report)| CanaryView {
+                version: v.info.version.clone(),
+                hash: v.hash.clone(),
+                report,
+            }),
+            name,
+        })
+        .collect();
+    Json(views)
+}
+
+async fn promote(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Reply<PluginChanged> {
+    changed(&name, state.registry.promote(&name))
+}
+
+async fn rollback(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Reply<PluginChanged> {
+    changed(&name, state.registry.rollback(&name))
+}
+
+fn changed(
+    name: &str,
+    result: Result<Arc<crate::runtime::PluginVersion>, String>,
+) -> Reply<PluginChanged> {
+    result
+        .map(|v| {
+            Json(PluginChanged {
+                plugin: name.into(),
+                version: v.info.version.clone(),
+                hash: v.hash.clone(),
+            })
+        })
+        .map_err(|e| error(StatusCode::CONFLICT, e))
 }
 
 async fn runs(State(state): State<Arc<ApiState>>, Query(q): Query<RunsQuery>) -> Reply<Vec<Run>> {

@@ -13,14 +13,15 @@ mod transform;
 
 pub use stats::{Stats, StatsSnapshot};
 
-use crate::config::{Config, PipelineConfig};
-use crate::router::{self, DeadLetterContext, Routes, Stage};
-use crate::runtime::{Instance, Limits, PluginVersion, Registry};
+use crate::canary::BatchDiff;
+use crate::config::{Config, PipelineConfig, ReloadMode};
+use crate::router::{self, DeadLetterContext, Routed, Routes, Stage};
+use crate::runtime::{CallError, Instance, Limits, PluginVersion, Registry};
 use crate::scheduler::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
 use crate::sink::{Row, SinkError, Sinks};
 use crate::source::{Batch, KafkaSource, PartitionRange, headers};
 use rdkafka::Message as _;
-use sluice_plugin_sdk::abi::{BatchWriter, Headers, Record};
+use sluice_plugin_sdk::abi::{BatchResult, BatchWriter, Headers, Record};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,15 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
     /// Batches in a row whose whole-batch call failed.
     failing_batches: u32,
+    /// The canary's instance and routes, when one runs in shadow.
+    shadow: Option<Instance>,
+    shadow_routes: Option<(String, Arc<Routes>)>,
+}
+
+/// A canary's call on the current batch, running beside the writes.
+struct Shadow {
+    version: Arc<PluginVersion>,
+    task: tokio::task::JoinHandle<(Option<Instance>, Result<BatchResult, CallError>)>,
 }
 
 impl Pipeline {
@@ -62,6 +72,8 @@ impl Pipeline {
             routes: None,
             stats: Arc::default(),
             failing_batches: 0,
+            shadow: None,
+            shadow_routes: None,
         }
     }
 
@@ -302,12 +314,13 @@ impl Pipeline {
             }
             writer.finish()
         };
+        let shadow = self.start_shadow(version, || pack(0..records.len()));
         let transformed = transform::run(
             self.instance.take(),
             version.clone(),
             self.limits.clone(),
             records.len(),
-            pack,
+            &pack,
         )
         .await?;
         self.count_failure(version, &transformed);
@@ -337,6 +350,9 @@ impl Pipeline {
         } else {
             write().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         }
+        if let Some(shadow) = shadow {
+            self.finish_shadow(shadow, &records, &routed).await;
+        }
         let done = BatchDone {
             outputs: routed
                 .rows
@@ -353,6 +369,84 @@ impl Pipeline {
         tracing::debug!(pipeline = %self.config.name, records = batch.len(), rows = written,
             dead_letters = done.dead_letters, transform_ms, ms = started.elapsed().as_millis() as u64, "batch done");
         Ok(Some(done))
+    }
+
+    /// Starts the plugin's canary on the same batch, if one is running.
+    fn start_shadow(
+        &mut self,
+        version: &PluginVersion,
+        packed: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Shadow> {
+        if self.config.reload != ReloadMode::Canary {
+            return None;
+        }
+        let candidate = self
+            .registry
+            .candidate(&self.config.plugin)
+            .filter(|c| c.hash != version.hash)?;
+        if self
+            .shadow
+            .as_ref()
+            .is_some_and(|i| i.version.hash != candidate.hash)
+        {
+            self.shadow = None;
+        }
+        let (instance, limits, packed) = (self.shadow.take(), self.limits.clone(), packed());
+        let v = candidate.clone();
+        let task =
+            tokio::task::spawn_blocking(move || transform::call_once(instance, v, limits, &packed));
+        Some(Shadow {
+            version: candidate,
+            task,
+        })
+    }
+
+    /// Compares the canary's outputs with what the active version wrote,
+    /// and reports the batch to the registry (which may promote it).
+    async fn finish_shadow(&mut self, shadow: Shadow, records: &[Record<'_>], active: &Routed) {
+        let (instance, result) = match shadow.task.await {
+            Ok(done) => done,
+            Err(e) => (None, Err(CallError::Trap(format!("canary call: {e}")))),
+        };
+        self.shadow = instance;
+        let canary = &shadow.version;
+        let diff = match result {
+            Err(e) => BatchDiff::failed(records.len(), e.to_string()),
+            Ok(result) => match self.shadow_routes(canary) {
+                Err(e) => BatchDiff::failed(records.len(), e),
+                Ok(routes) => {
+                    let ctx = DeadLetterContext {
+                        pipeline: &self.config.name,
+                        plugin: canary,
+                    };
+                    let routed = router::route(records, result, &routes, &ctx);
+                    crate::canary::compare(records.len(), active, &routed)
+                }
+            },
+        };
+        self.registry.observe(
+            &self.config.plugin,
+            &canary.hash,
+            diff,
+            self.config.canary_batches,
+        );
+    }
+
+    /// The canary's routes: resolved (never prepared: it writes nothing).
+    fn shadow_routes(&mut self, canary: &PluginVersion) -> Result<Arc<Routes>, String> {
+        if let Some((hash, routes)) = &self.shadow_routes
+            && *hash == canary.hash
+        {
+            return Ok(routes.clone());
+        }
+        let routes = Arc::new(Routes::resolve(
+            &self.global,
+            &self.config,
+            canary,
+            &self.sinks,
+        )?);
+        self.shadow_routes = Some((canary.hash.clone(), routes.clone()));
+        Ok(routes)
     }
 
     /// Quarantines the version after `limits.quarantine_after` failing

@@ -93,19 +93,9 @@ impl Caller {
     async fn call(&mut self, packed: Vec<u8>) -> anyhow::Result<Result<BatchResult, CallError>> {
         let instance = self.instance.take();
         let (version, limits) = (self.version.clone(), self.limits.clone());
-        let (instance, result) = tokio::task::spawn_blocking(move || {
-            let mut instance = match instance {
-                Some(i) => i,
-                None => match Instance::new(version, limits) {
-                    Ok(i) => i,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let result = instance.transform(&packed);
-            let healthy = !matches!(result, Err(CallError::Trap(_)));
-            (healthy.then_some(instance), result)
-        })
-        .await?;
+        let (instance, result) =
+            tokio::task::spawn_blocking(move || call_once(instance, version, limits, &packed))
+                .await?;
         self.instance = instance;
         Ok(result)
     }
@@ -119,6 +109,26 @@ impl Caller {
             v.short_hash()
         )
     }
+}
+
+/// One blocking call, on `instance` or a new one; returns the instance if
+/// it is still healthy (a trapped one is dropped).
+pub fn call_once(
+    instance: Option<Instance>,
+    version: Arc<PluginVersion>,
+    limits: Limits,
+    packed: &[u8],
+) -> (Option<Instance>, Result<BatchResult, CallError>) {
+    let mut instance = match instance {
+        Some(i) => i,
+        None => match Instance::new(version, limits) {
+            Ok(i) => i,
+            Err(e) => return (None, Err(e)),
+        },
+    };
+    let result = instance.transform(packed);
+    let healthy = !matches!(result, Err(CallError::Trap(_)));
+    (healthy.then_some(instance), result)
 }
 
 /// Adds a sub-batch's result, its record indices shifted by `offset`.

@@ -65,9 +65,8 @@ impl PluginVersion {
         &self.hash[..12]
     }
 
-    /// Reads, compiles, pre-instantiates and describes a plugin file.
-    /// Blocking and CPU-heavy: call it off the async runtime.
-    pub fn load(runtime: &Runtime, path: &Path, detected_at: Instant) -> Result<Self, LoadError> {
+    /// Reads a plugin file, refusing one over `MAX_PLUGIN_BYTES` unread.
+    pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
         let p = || path.to_path_buf();
         let meta =
             std::fs::metadata(path).map_err(|source| LoadError::Read { path: p(), source })?;
@@ -77,10 +76,26 @@ impl PluginVersion {
                 bytes: meta.len(),
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: p(), source })?;
-        let hash = hex::encode(Sha256::digest(&bytes));
+        std::fs::read(path).map_err(|source| LoadError::Read { path: p(), source })
+    }
+
+    /// The content hash that identifies a version.
+    pub fn hash_of(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Compiles, pre-instantiates and describes the bytes of `path`.
+    /// Blocking and CPU-heavy: call it off the async runtime.
+    pub fn load(
+        runtime: &Runtime,
+        path: &Path,
+        bytes: &[u8],
+        detected_at: Instant,
+    ) -> Result<Self, LoadError> {
+        let p = || path.to_path_buf();
+        let hash = Self::hash_of(bytes);
         let component = runtime
-            .compile(&bytes, &hash)
+            .compile(bytes, &hash)
             .map_err(|e| LoadError::Compile {
                 path: p(),
                 reason: format!("{e:#}"),

@@ -1,11 +1,14 @@
 //! Which version of each plugin is current. Pipelines read it between
 //! batches; loads (at start-up and on reload) replace entries atomically.
+//! For plugins in canary mode a new version becomes the *candidate*, run in
+//! shadow until it is promoted to current or rolled back.
 
 use super::engine::Runtime;
 use super::plugin::{LoadError, PluginVersion};
-use std::collections::HashMap;
+use crate::canary::{BatchDiff, Report};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 pub struct Registry {
@@ -18,6 +21,33 @@ pub struct Registry {
     quarantined: std::sync::Mutex<HashMap<String, String>>,
     /// Plugins whose file was removed, and when.
     removed: std::sync::Mutex<HashMap<String, String>>,
+    canary: Mutex<Canaries>,
+}
+
+#[derive(Default)]
+struct Canaries {
+    /// Plugins whose new versions run in shadow before they serve.
+    plugins: HashSet<String>,
+    /// Holds a copy of each canary plugin's promoted version, so that a
+    /// restart serves it rather than the candidate in the plugins folder.
+    kept_dir: Option<PathBuf>,
+    candidates: HashMap<String, Candidate>,
+    /// Versions rolled back, by hash: the same file is not tried again.
+    rolled_back: HashSet<String>,
+}
+
+struct Candidate {
+    version: Arc<PluginVersion>,
+    bytes: Arc<Vec<u8>>,
+    report: Report,
+}
+
+/// A plugin's state, for status pages.
+pub struct PluginState {
+    pub current: Option<Arc<PluginVersion>>,
+    pub unavailable: Option<Unavailable>,
+    pub canary_mode: bool,
+    pub candidate: Option<(Arc<PluginVersion>, Report)>,
 }
 
 /// Why a pipeline cannot be served right now.
@@ -47,7 +77,28 @@ impl Registry {
             rejections: Default::default(),
             quarantined: Default::default(),
             removed: Default::default(),
+            canary: Default::default(),
         })
+    }
+
+    /// Puts `plugins` in canary mode; promoted versions are kept in
+    /// `kept_dir`. Call before loading.
+    pub fn set_canary(&self, plugins: impl IntoIterator<Item = String>, kept_dir: PathBuf) {
+        let mut canary = self.canary.lock().unwrap();
+        canary.plugins = plugins.into_iter().collect();
+        canary.rolled_back = std::fs::read_to_string(kept_dir.join(ROLLED_BACK))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        canary.kept_dir = Some(kept_dir);
+    }
+
+    /// The promoted copy of a canary plugin kept from an earlier run.
+    pub fn kept_copy(&self, name: &str) -> Option<PathBuf> {
+        let canary = self.canary.lock().unwrap();
+        let path = canary.kept_dir.as_ref()?.join(format!("{name}.wasm"));
+        (canary.plugins.contains(name) && path.is_file()).then_some(path)
     }
 
     pub fn current(&self, name: &str) -> Option<Arc<PluginVersion>> {
@@ -74,6 +125,7 @@ impl Registry {
     }
 
     /// Stops serving a version that keeps failing; a new file lifts it.
+    /// A canary already running is that new version: it is promoted.
     pub fn quarantine(&self, version: &PluginVersion, reason: String) {
         tracing::error!(plugin = %version.name, version = %version.info.version, hash = %version.short_hash(),
             "plugin version quarantined: {reason}; its pipelines pause until a new version is dropped in");
@@ -81,6 +133,11 @@ impl Registry {
             .lock()
             .unwrap()
             .insert(version.hash.clone(), reason);
+        let mut canary = self.canary.lock().unwrap();
+        if canary.candidates.contains_key(&version.name) {
+            tracing::warn!(plugin = %version.name, "the active version is quarantined: promoting its canary");
+            let _ = self.promote_locked(&mut canary, &version.name);
+        }
     }
 
     /// The plugin's file is gone: its pipelines pause.
@@ -91,23 +148,190 @@ impl Registry {
             .insert(name.into(), format!("{} was removed", path.display()));
     }
 
-    /// Loads one plugin by name from the folder and makes it current.
+    /// Loads one plugin by name from the folder (see `load_path`).
     pub fn load(&self, name: &str) -> Result<Arc<PluginVersion>, LoadError> {
         self.load_path(&self.dir.join(format!("{name}.wasm")), Instant::now())
     }
 
-    /// Loads a file and, if it is valid, makes it the current version of its
-    /// plugin. On error the previous version stays current.
+    /// Loads a file and, if it is valid, publishes it: as the current
+    /// version of its plugin, or as the candidate of a canary plugin. On
+    /// error nothing changes.
     pub fn load_path(
         &self,
         path: &Path,
         detected_at: Instant,
     ) -> Result<Arc<PluginVersion>, LoadError> {
-        let version = Arc::new(PluginVersion::load(&self.runtime, path, detected_at)?);
-        let mut current = self.current.write().unwrap();
-        current.insert(version.name.clone(), version.clone());
-        self.removed.lock().unwrap().remove(&version.name);
+        self.load_bytes(path, PluginVersion::read(path)?, detected_at)
+    }
+
+    /// `load_path` for bytes already read from `path`.
+    pub fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: Vec<u8>,
+        detected_at: Instant,
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        let version = Arc::new(PluginVersion::load(
+            &self.runtime,
+            path,
+            &bytes,
+            detected_at,
+        )?);
+        self.publish(version.clone(), Arc::new(bytes));
         Ok(version)
+    }
+
+    fn publish(&self, version: Arc<PluginVersion>, bytes: Arc<Vec<u8>>) {
+        let name = version.name.clone();
+        let mut canary = self.canary.lock().unwrap();
+        self.removed.lock().unwrap().remove(&name);
+        let stable = self.current(&name);
+        if canary.plugins.contains(&name)
+            && let Some(stable) = stable
+        {
+            if canary.rolled_back.contains(&version.hash) {
+                tracing::warn!(plugin = %name, version = %version.info.version, hash = %version.short_hash(),
+                    "this version was rolled back; the active version keeps serving (drop a different file to try again)");
+                return;
+            }
+            if stable.hash == version.hash {
+                // The active version's file is back: that ends a canary.
+                if canary.candidates.remove(&name).is_some() {
+                    tracing::info!(plugin = %name, "the active version's file is back; canary dropped");
+                }
+                return;
+            }
+            // Nothing to compare against while the active one is quarantined.
+            if !self.quarantined.lock().unwrap().contains_key(&stable.hash) {
+                tracing::info!(plugin = %name, version = %version.info.version, hash = %version.short_hash(),
+                    active = %stable.info.version, "new version runs as a canary, in shadow, until promoted");
+                let report = Report::new(&version.info.version, &version.hash);
+                canary.candidates.insert(
+                    name,
+                    Candidate {
+                        version,
+                        bytes,
+                        report,
+                    },
+                );
+                return;
+            }
+        }
+        canary.candidates.remove(&name);
+        canary.keep(&version, &bytes);
+        self.current.write().unwrap().insert(name, version);
+    }
+
+    /// The canary of a plugin, if one is running.
+    pub fn candidate(&self, name: &str) -> Option<Arc<PluginVersion>> {
+        let canary = self.canary.lock().unwrap();
+        canary.candidates.get(name).map(|c| c.version.clone())
+    }
+
+    /// Adds a batch the canary `hash` ran in shadow; promotes it once
+    /// `promote_after` (> 0) clean batches in a row are reached.
+    pub fn observe(&self, name: &str, hash: &str, diff: BatchDiff, promote_after: u32) {
+        let mut canary = self.canary.lock().unwrap();
+        let Some(candidate) = canary.candidates.get_mut(name) else {
+            return;
+        };
+        if candidate.version.hash != hash {
+            return;
+        }
+        if let Some(failure) = &diff.failure {
+            tracing::warn!(plugin = %name, version = %candidate.version.info.version, "canary batch failed: {failure}");
+        }
+        candidate.report.add(diff);
+        if promote_after > 0 && candidate.report.clean_streak >= promote_after as u64 {
+            tracing::info!(plugin = %name, "canary clean for {promote_after} batches in a row");
+            let _ = self.promote_locked(&mut canary, name);
+        }
+    }
+
+    /// Makes the canary current. Errors say why there is nothing to promote.
+    pub fn promote(&self, name: &str) -> Result<Arc<PluginVersion>, String> {
+        let mut canary = self.canary.lock().unwrap();
+        self.promote_locked(&mut canary, name)
+    }
+
+    fn promote_locked(
+        &self,
+        canary: &mut Canaries,
+        name: &str,
+    ) -> Result<Arc<PluginVersion>, String> {
+        let candidate = canary
+            .candidates
+            .remove(name)
+            .ok_or_else(|| self.no_candidate(canary, name))?;
+        let v = candidate.version;
+        tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
+            report = %candidate.report.summary(), "canary promoted; pipelines switch at their next batch");
+        canary.keep(&v, &candidate.bytes);
+        self.current.write().unwrap().insert(name.into(), v.clone());
+        Ok(v)
+    }
+
+    /// Drops the canary; the active version keeps serving, and the same
+    /// file is not taken as a canary again (also after a restart).
+    pub fn rollback(&self, name: &str) -> Result<Arc<PluginVersion>, String> {
+        let mut canary = self.canary.lock().unwrap();
+        let candidate = canary
+            .candidates
+            .remove(name)
+            .ok_or_else(|| self.no_candidate(&canary, name))?;
+        let v = candidate.version;
+        tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
+            report = %candidate.report.summary(), "canary rolled back; the active version keeps serving");
+        canary.rolled_back.insert(v.hash.clone());
+        if let Some(dir) = &canary.kept_dir {
+            let list: Vec<&str> = canary.rolled_back.iter().map(String::as_str).collect();
+            if let Err(e) = std::fs::write(dir.join(ROLLED_BACK), list.join("\n")) {
+                tracing::warn!(plugin = %name, "cannot remember the rollback across restarts: {e}");
+            }
+        }
+        Ok(v)
+    }
+
+    fn no_candidate(&self, canary: &Canaries, name: &str) -> String {
+        if self.current(name).is_none() {
+            format!("no plugin '{name}' is loaded")
+        } else if !canary.plugins.contains(name) {
+            format!(
+                "plugin '{name}' is not in canary mode (set reload = \"canary\" on its pipelines)"
+            )
+        } else {
+            format!(
+                "plugin '{name}' has no canary running; drop a new version into the plugins folder first"
+            )
+        }
+    }
+
+    /// Every loaded plugin's state, by name.
+    pub fn states(&self) -> std::collections::BTreeMap<String, PluginState> {
+        let canary = self.canary.lock().unwrap();
+        let names: std::collections::BTreeSet<String> = self
+            .current
+            .read()
+            .unwrap()
+            .keys()
+            .chain(self.removed.lock().unwrap().keys())
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let state = PluginState {
+                    current: self.current(&name),
+                    unavailable: self.serving(&name).err(),
+                    canary_mode: canary.plugins.contains(&name),
+                    candidate: canary
+                        .candidates
+                        .get(&name)
+                        .map(|c| (c.version.clone(), c.report.clone())),
+                };
+                (name, state)
+            })
+            .collect()
     }
 
     pub fn reject(&self, reason: String) {
@@ -119,10 +343,40 @@ impl Registry {
         self.rejections.lock().unwrap().clone()
     }
 
-    /// Whether a file holds the version already current (a touch, or a
-    /// second event for one write) and still served.
+    /// Whether a file holds a version already published (a touch, or a
+    /// second event for one write) and still served, or one rolled back.
     pub fn is_current(&self, name: &str, hash: &str) -> bool {
-        self.current(name).is_some_and(|v| v.hash == hash)
-            && !self.removed.lock().unwrap().contains_key(name)
+        let canary = self.canary.lock().unwrap();
+        if canary.rolled_back.contains(hash) {
+            return true;
+        }
+        let published = self.current(name).is_some_and(|v| v.hash == hash)
+            || canary
+                .candidates
+                .get(name)
+                .is_some_and(|c| c.version.hash == hash);
+        published && !self.removed.lock().unwrap().contains_key(name)
+    }
+}
+
+/// File in the kept folder listing rolled-back hashes, one per line.
+const ROLLED_BACK: &str = "rolled-back.txt";
+
+impl Canaries {
+    /// Keeps a copy of a canary plugin's current version.
+    fn keep(&self, version: &PluginVersion, bytes: &[u8]) {
+        let Some(dir) = &self.kept_dir else { return };
+        if !self.plugins.contains(&version.name) {
+            return;
+        }
+        let path = dir.join(format!("{}.wasm", version.name));
+        let tmp = path.with_extension("tmp");
+        let kept = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = kept {
+            tracing::warn!(plugin = %version.name, file = %path.display(),
+                "cannot keep the promoted version; after a restart the plugins folder's file serves: {e}");
+        }
     }
 }

@@ -5,9 +5,9 @@
 //! event would compile half a file. So each changed path waits until no
 //! event arrived for `SETTLE` and its size and mtime are unchanged.
 
+use super::plugin::PluginVersion;
 use super::registry::Registry;
 use notify::{EventKind, RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +19,16 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Starts watching; the returned guard keeps the watcher alive.
 pub fn watch(registry: Arc<Registry>) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let tx2 = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && matches!(
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!("watching the plugins folder: {e}");
+                return;
+            }
+        };
+        if matches!(
                 event.kind,
                 EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
             )
@@ -34,6 +41,15 @@ pub fn watch(registry: Arc<Registry>) -> notify::Result<notify::RecommendedWatch
         }
     })?;
     watcher.watch(&registry.dir, RecursiveMode::NonRecursive)?;
+    // A file changed between the start-up load and now sent no event to
+    // us: look at every file once (unchanged ones are skipped by hash).
+    if let Ok(entries) = std::fs::read_dir(&registry.dir) {
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "wasm") {
+                let _ = tx2.send((path, Instant::now()));
+            }
+        }
+    }
     tokio::spawn(settle_and_load(registry, rx));
     Ok(watcher)
 }
@@ -89,13 +105,26 @@ fn reload(registry: &Registry, path: PathBuf, detected_at: Instant) -> Option<Pa
     std::thread::sleep(Duration::from_millis(20));
     let after = std::fs::metadata(&path).ok()?;
     if before.len() != after.len() || before.modified().ok() != after.modified().ok() {
+        tracing::debug!(plugin = %name, "file still changing; waiting for it to settle");
         return Some(path);
     }
-    let bytes = std::fs::read(&path).ok()?;
-    if registry.is_current(&name, &hex::encode(Sha256::digest(&bytes))) {
+    let bytes = match PluginVersion::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(plugin = %name, "plugin reload rejected, previous version keeps serving: {e}");
+            registry.reject(e.to_string());
+            return None;
+        }
+    };
+    if registry.is_current(&name, &PluginVersion::hash_of(&bytes)) {
+        tracing::debug!(plugin = %name, "file event for a version already known; nothing to load");
         return None;
     }
-    match registry.load_path(&path, detected_at) {
+    match registry.load_bytes(&path, bytes, detected_at) {
+        Ok(v) if registry.candidate(&name).is_some_and(|c| c.hash == v.hash) => {
+            tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
+                load_ms = detected_at.elapsed().as_millis() as u64, "plugin reloaded as a canary")
+        }
         Ok(v) => tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
             load_ms = detected_at.elapsed().as_millis() as u64, "plugin reloaded; pipelines switch at their next batch"),
         Err(e) => {
