@@ -4,7 +4,12 @@
 #   reload      file renamed into plugins/ -> new version current (p50, max)
 #   runs        one scheduled run over 100,000 waiting events vs the same
 #               events consumed continuously (needs the local services)
-# Results are printed and written to bench/transform.txt and bench/scheduler.txt.
+#   isolation   a healthy pipeline's throughput beside a hostile one in the
+#               same host vs alone (needs the local services)
+#   reloads     100 hot reloads during 200,000 events: p50/p99 latency, no
+#               loss or duplicates; several-MiB plugin vs small (services)
+# Results are printed and written to bench/transform.txt, bench/scheduler.txt,
+# bench/isolation.txt and bench/reload.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -23,3 +28,5 @@ ORDERS_V2_WASM="$ROOT/plugins/target/v2/wasm32-wasip2/release/orders.wasm" BATCH
   cargo bench --quiet -p sluice --bench transform | tail -n 1 | tee -a bench/transform.txt
 "$ROOT/scripts/services.sh" up
 cargo bench --quiet -p sluice-tests --bench scheduled_vs_continuous | tee bench/scheduler.txt
+cargo bench --quiet -p sluice-tests --bench isolation | tee bench/isolation.txt
+cargo bench --quiet -p sluice-tests --bench reloads | tee bench/reload.txt
