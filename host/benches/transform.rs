@@ -1,7 +1,8 @@
 //! Transform throughput: the `orders` plugin run natively (plain Rust, the
 //! baseline) against the same code compiled to wasm32-wasip2 and run in the
 //! host's sandbox (memory limit and epoch deadline on), same batches, same
-//! process. Run with `scripts/bench.sh` (builds the plugin first).
+//! process; and the sandbox with its limits off, to price the limits. Run
+//! with `scripts/bench.sh` (builds the plugin first).
 
 use sluice::runtime::{Instance, Limits, Registry, Runtime};
 use sluice_plugin_sdk::abi::{self, BatchWriter, Headers, Record};
@@ -54,9 +55,38 @@ fn main() {
         .load_path(std::path::Path::new(&wasm_path), Instant::now())
         .expect("load orders.wasm");
     let mut instance = Instance::new(version, Limits::default()).unwrap();
+    // The same plugin with the limits off: no epoch interruption compiled
+    // in (so no time limit), no memory or output caps.
+    let unlimited = Registry::new(
+        Runtime::without_time_limits().unwrap(),
+        std::path::PathBuf::from("."),
+    );
+    let unlimited_version = unlimited
+        .load_path(std::path::Path::new(&wasm_path), Instant::now())
+        .expect("load orders.wasm");
+    let no_limits = Limits {
+        memory_bytes: usize::MAX,
+        max_output_records: usize::MAX,
+        max_output_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let mut unlimited_instance = Instance::new(unlimited_version, no_limits).unwrap();
+    // Memory: the epoch checks are code; instances are otherwise the same.
+    let wasm_bytes = std::fs::read(&wasm_path).unwrap();
+    let compiled = |engine: &wasmtime::Engine| {
+        wasmtime::component::Component::new(engine, &wasm_bytes)
+            .and_then(|c| c.serialize())
+            .unwrap()
+            .len()
+    };
+    let (code_on, code_off) = (
+        compiled(&registry.runtime.engine),
+        compiled(&unlimited.runtime.engine),
+    );
 
     let mut native = Vec::new();
     let mut wasm = Vec::new();
+    let mut wasm_unlimited = Vec::new();
     for _ in 0..ROUNDS {
         // Interleave so machine noise hits both alike.
         native.push(time(|| {
@@ -70,15 +100,35 @@ fn main() {
                 assert!(instance.transform(b).unwrap().errors.is_empty());
             }
         }));
+        wasm_unlimited.push(time(|| {
+            for b in &batches {
+                assert!(unlimited_instance.transform(b).unwrap().errors.is_empty());
+            }
+        }));
     }
     let rate = |d: Duration| RECORDS as f64 / d.as_secs_f64();
     let best = |v: &[Duration]| *v.iter().min().unwrap();
-    let (n, w) = (rate(best(&native)), rate(best(&wasm)));
+    let (n, w, u) = (
+        rate(best(&native)),
+        rate(best(&wasm)),
+        rate(best(&wasm_unlimited)),
+    );
     println!(
         "orders plugin, {RECORDS} records of ~{avg} bytes, batch {batch_size}, best of {ROUNDS} rounds:"
     );
     println!("  native  {:>9.0} records/s", n);
     println!("  wasm    {:>9.0} records/s   ({:.2}x native)", w, w / n);
+    println!(
+        "  wasm, limits off {:>9.0} records/s   (limits on = {:.2}x limits off)",
+        u,
+        w / u
+    );
+    println!(
+        "  compiled plugin: {} KiB with limits, {} KiB without ({:.2}x); per-instance memory is the same",
+        code_on / 1024,
+        code_off / 1024,
+        code_on as f64 / code_off as f64
+    );
 
     if let Ok(v2) = std::env::var("ORDERS_V2_WASM") {
         let l = reload_latencies(

@@ -12,9 +12,9 @@
 //! The modes alternate over rounds (alone, beside, alone, beside, ...),
 //! each round with fresh topics, tables, collections and consumer groups.
 
+use sluice::Host;
 use sluice::config::Config;
 use sluice::pipeline::Stats;
-use sluice::{Host, RunMode};
 use sluice_tests::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -114,14 +114,8 @@ async fn round(dir: &Path, round: usize, beside: bool) -> Round {
     let host = Host::start(config).await.unwrap();
     let stats = host.stats[&name].clone();
     let bad_stats: Option<Arc<Stats>> = beside.then(|| host.stats[&bad].clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let task = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
+    let task = run_host(host);
     let mut first: Option<(Instant, u64)> = None;
     loop {
         let n = stats.records_in.load(Relaxed);
@@ -145,8 +139,7 @@ async fn round(dir: &Path, round: usize, beside: bool) -> Round {
         dead_letters: s.dead_letters.load(Relaxed),
         failing_batches: s.failing_batches.load(Relaxed),
     });
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    task.stop().await;
     assert_eq!(stats.records_in.load(Relaxed), EVENTS as u64);
     assert_eq!(stats.dead_letters.load(Relaxed), 0);
     Round {

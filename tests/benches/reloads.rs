@@ -18,10 +18,10 @@
 
 use mongodb::bson::doc;
 use sha2::{Digest, Sha256};
+use sluice::Host;
 use sluice::config::Config;
 use sluice::pipeline::Stats;
 use sluice::runtime::Registry;
-use sluice::{Host, RunMode};
 use sluice_tests::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,19 +34,6 @@ const RELOADS: usize = 100;
 const BIG_RELOADS: usize = 20;
 /// Part 2's event rate: this many every 100 ms.
 const LOW_RATE_CHUNK: usize = 50;
-
-/// `wasm` with a custom section carrying `n` appended: same code, new hash.
-fn with_section(wasm: &[u8], n: u64) -> Vec<u8> {
-    let name = b"sluice-bench-reload";
-    let payload = n.to_le_bytes();
-    let mut bytes = wasm.to_vec();
-    bytes.push(0); // custom section id
-    bytes.push((1 + name.len() + payload.len()) as u8); // size < 128: one LEB byte
-    bytes.push(name.len() as u8);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(&payload);
-    bytes
-}
 
 /// Builds the orders plugin in the dev profile (no optimisation, full
 /// debug info) into its own target folder, once.
@@ -311,13 +298,7 @@ async fn main() {
         host.registry.clone(),
         host.ledger.clone(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
+    let running = run_host(host);
 
     // Part 1: 100 reloads while 200,000 events flow.
     let reloads_done = Arc::new(AtomicUsize::new(0));
@@ -412,8 +393,7 @@ async fn main() {
     );
     check_delivery(&stats, &table, &collection, total).await;
 
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let host_seen = stats.reload_latencies.lock().unwrap().clone();
     let runs = ledger.list(Some(&name), 100_000).await.unwrap();
     let ledger_records: u64 = runs.iter().map(|r| r.records_in).sum();

@@ -47,20 +47,13 @@ async fn continuous(dir: &Path, topic: &str) -> Duration {
     let name = unique("bench_cont");
     let host = Host::start(config(dir, topic, &name, "")).await.unwrap();
     let stats = host.stats[&name].clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let task = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
+    let task = run_host(host);
     while stats.snapshot().records_in < EVENTS as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = started.elapsed();
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    task.stop().await;
     took
 }
 

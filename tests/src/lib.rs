@@ -346,16 +346,23 @@ pub fn hostile_pipeline(pipeline: &str, topic: &str, extra: &str) -> String {
     pipeline_toml(pipeline, "hostile", topic, &format!("{routes}\n{extra}"))
 }
 
-/// The same component with a custom section appended: a new content hash.
-pub fn new_version(wasm: &[u8]) -> Vec<u8> {
+/// `wasm` with a custom section carrying `n` appended: the same code under
+/// a new content hash, so the host sees (and compiles) a new version.
+pub fn with_section(wasm: &[u8], n: u64) -> Vec<u8> {
     let name = b"sluice-test-version";
+    let payload = n.to_le_bytes();
     let mut bytes = wasm.to_vec();
-    bytes.push(0); // custom section
-    bytes.push((1 + name.len() + 1) as u8);
+    bytes.push(0); // custom section id
+    bytes.push((1 + name.len() + payload.len()) as u8); // size < 128: one LEB byte
     bytes.push(name.len() as u8);
     bytes.extend_from_slice(name);
-    bytes.push(2);
+    bytes.extend_from_slice(&payload);
     bytes
+}
+
+/// The same component under a new content hash.
+pub fn new_version(wasm: &[u8]) -> Vec<u8> {
+    with_section(wasm, 0)
 }
 
 /// Writes a config file into `dir` for the `sluice` binary.
@@ -378,4 +385,44 @@ pub fn sluice_cli(args: &[&str], config: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A host running in this process until `stop`.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Runs `host` by its schedules in the background.
+pub fn run_host(host: sluice::Host) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(host.run(
+        async {
+            let _ = stopped.await;
+        },
+        sluice::RunMode::Scheduled,
+    ));
+    Running { stop, task }
+}
+
+impl Running {
+    /// Asks the host to stop and waits for a clean exit.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Every document of a collection.
+pub async fn documents(collection: &str) -> Vec<mongodb::bson::Document> {
+    use futures::TryStreamExt;
+    mongo()
+        .await
+        .collection::<mongodb::bson::Document>(collection)
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
 }

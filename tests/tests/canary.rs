@@ -3,29 +3,11 @@
 //! version, and is promoted after N clean batches or by hand, or rolled
 //! back; promotions and rollbacks survive a restart.
 
+use sluice::Host;
 use sluice::config::Config;
 use sluice::runtime::{PluginVersion, Registry};
-use sluice::{Host, RunMode};
 use sluice_tests::*;
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-/// Runs a host in the background until the returned sender fires.
-fn spawn(
-    host: Host,
-) -> (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
-    (stop, task)
-}
 
 fn report(registry: &Registry, plugin: &str) -> Option<sluice::canary::Report> {
     registry
@@ -70,7 +52,7 @@ async fn a_canary_runs_in_shadow_is_reported_and_promoted_after_n_clean_batches(
         host.stats[&pipeline].clone(),
         host.ledger.clone(),
     );
-    let (stop, running) = spawn(host);
+    let running = run_host(host);
     let pool = mysql().await;
     let events = |r: std::ops::Range<usize>| r.map(order_event).collect::<Vec<_>>();
 
@@ -134,8 +116,7 @@ async fn a_canary_runs_in_shadow_is_reported_and_promoted_after_n_clean_batches(
         "the canary wrote nothing"
     );
     assert_eq!(count_rows(&pool, &table).await, (400, 400));
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let runs = ledger.list(Some(&pipeline), 100).await.unwrap();
     let versions: std::collections::BTreeSet<_> = runs
         .iter()
@@ -181,7 +162,7 @@ async fn a_failing_canary_is_never_promoted_rollback_sticks_across_restarts_and_
         .await
         .unwrap();
     let (registry, stats) = (host.registry.clone(), host.stats[&pipeline].clone());
-    let (stop, running) = spawn(host);
+    let running = run_host(host);
     produce(&producer(), &topic, &good(0..50)).await;
     wait_for(Duration::from_secs(60), || rows(50)).await;
     let v1_hash = stats.serving.lock().unwrap().clone().unwrap();
@@ -218,8 +199,7 @@ async fn a_failing_canary_is_never_promoted_rollback_sticks_across_restarts_and_
     assert!(registry.candidate("hostile").is_none());
     let (ok, _, err) = sluice_cli(&["plugins", "promote", "hostile"], &config_path);
     assert!(!ok && err.contains("has no canary running"), "{err}");
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     // After a restart the promoted version serves, not the folder's file,
     // and the rolled-back file does not come back as a canary.
@@ -229,7 +209,7 @@ async fn a_failing_canary_is_never_promoted_rollback_sticks_across_restarts_and_
     let (registry, stats) = (host.registry.clone(), host.stats[&pipeline].clone());
     assert_eq!(registry.current("hostile").unwrap().hash, v1_hash);
     assert!(registry.candidate("hostile").is_none());
-    let (stop, running) = spawn(host);
+    let running = run_host(host);
 
     // A new good version, promoted by hand before any clean streak.
     let v3 = new_version(&good_bytes);
@@ -246,6 +226,5 @@ async fn a_failing_canary_is_never_promoted_rollback_sticks_across_restarts_and_
         stats.serving.lock().unwrap().as_deref(),
         Some(&*PluginVersion::hash_of(&v3))
     );
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }

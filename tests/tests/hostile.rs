@@ -103,18 +103,7 @@ async fn every_hostile_record_is_contained_and_the_rest_of_its_batch_delivered()
         count(&format!("{pipeline}_events")).await,
         good_count as u64
     );
-    let probe_docs: Vec<Document> = {
-        use futures::TryStreamExt;
-        mongo()
-            .await
-            .collection::<Document>(&format!("{pipeline}_probes"))
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let probe_docs: Vec<Document> = documents(&format!("{pipeline}_probes")).await;
     assert_eq!(probe_docs.len(), 3);
     for d in &probe_docs {
         let result = d.get_str("result").unwrap();
@@ -225,13 +214,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_while_other_pipelines_flow_a
     let host = Host::start(config).await.unwrap();
     let registry = host.registry.clone();
     let (bad_stats, ledger) = (host.stats[&bad].clone(), host.ledger.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
+    let running = run_host(host);
 
     wait_for(Duration::from_secs(60), || async {
         bad_stats.paused.lock().unwrap().is_some()
@@ -280,8 +263,7 @@ async fn a_plugin_that_keeps_failing_is_quarantined_while_other_pipelines_flow_a
     })
     .await;
     assert!(bad_stats.paused.lock().unwrap().is_none());
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     let runs = ledger.list(Some(&bad), 100).await.unwrap();
     assert!(
         runs.iter().any(|r| r
@@ -312,13 +294,7 @@ async fn removing_a_plugin_file_pauses_its_pipeline_until_the_file_is_back() {
         .await
         .unwrap();
     let stats = host.stats[&pipeline].clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
+    let running = run_host(host);
     let db = mysql().await;
     produce(
         &producer(),
@@ -355,23 +331,14 @@ async fn removing_a_plugin_file_pauses_its_pipeline_until_the_file_is_back() {
         count_rows(&db, &table).await == (200, 200)
     })
     .await;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// The probes' results, by pipeline: `{id: result}`.
 async fn probe_results(pipeline: &str) -> std::collections::BTreeMap<String, String> {
-    use futures::TryStreamExt;
-    let docs: Vec<Document> = mongo()
+    documents(&format!("{pipeline}_probes"))
         .await
-        .collection::<Document>(&format!("{pipeline}_probes"))
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    docs.iter()
+        .iter()
         .map(|d| {
             let id = d.get_str("id").unwrap().to_string();
             (id, d.get_str("result").unwrap().to_string())
@@ -503,18 +470,7 @@ async fn grants_open_exactly_what_the_pipeline_names_and_a_lying_describe_loses_
 
     // `describe` declared only `events` but every record goes to `secret`:
     // nothing is written anywhere undeclared, every record is a dead letter.
-    let dead: Vec<Document> = {
-        use futures::TryStreamExt;
-        mongo()
-            .await
-            .collection::<Document>(&format!("{liar}_dead_letters"))
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    };
+    let dead: Vec<Document> = documents(&format!("{liar}_dead_letters")).await;
     assert_eq!(dead.len(), events.len());
     for d in &dead {
         let reason = d.get_str("reason").unwrap();

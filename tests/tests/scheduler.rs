@@ -11,35 +11,10 @@ use sluice_tests::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-/// A host running in this process until `stop`.
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
 
 async fn start(config: &Config) -> Running {
     let host = Host::start(config.clone()).await.unwrap();
     run_host(host)
-}
-
-fn run_host(host: Host) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(host.run(
-        async {
-            let _ = stopped.await;
-        },
-        RunMode::Scheduled,
-    ));
-    Running { stop, task }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
 }
 
 /// The pipeline's runs, oldest first.

@@ -487,7 +487,11 @@ impl Pipeline {
         }
         if serving.is_some() {
             let latency = version.detected_at.elapsed();
-            self.stats.reload_latencies.lock().unwrap().push(latency);
+            let mut latencies = self.stats.reload_latencies.lock().unwrap();
+            if latencies.len() >= stats::KEPT_LATENCIES {
+                latencies.remove(0);
+            }
+            latencies.push(latency);
             tracing::info!(pipeline = %self.config.name, plugin = %version.name, version = %version.info.version,
                 hash = %version.short_hash(), reload_ms = latency.as_millis() as u64, "now serving new plugin version");
         }

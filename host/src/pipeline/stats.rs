@@ -17,9 +17,13 @@ pub struct Stats {
     pub paused: Mutex<Option<String>>,
     /// Content hash of the plugin version serving the last batch.
     pub serving: Mutex<Option<String>>,
-    /// File change seen -> first batch served by the new version.
+    /// File change seen -> first batch served by the new version; the
+    /// latest `KEPT_LATENCIES`.
     pub reload_latencies: Mutex<Vec<Duration>>,
 }
+
+/// How many reload latencies `Stats` keeps.
+pub const KEPT_LATENCIES: usize = 1000;
 
 /// A point-in-time copy of `Stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! If the whole-batch call fails (trap, limit, error), the batch is split in
 //! halves until the failing records stand alone: they go to dead letters
 //! with the reason, the rest is delivered. A time-out is handled record by
-//! record instead, so a looping record costs one time limit, not one per
-//! split level. A trapped instance is discarded and rebuilt from the
+//! record instead, so a looping record costs two time limits (the whole
+//! batch's, then its own), not one per split level. A trapped instance is discarded and rebuilt from the
 //! pre-instantiated component.
 
 use crate::runtime::{CallError, Instance, Limits, PluginVersion};

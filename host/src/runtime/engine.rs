@@ -8,6 +8,28 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// Most compiled plugins kept in the cache; the least recently used go.
+const CACHE_ENTRIES: usize = 64;
+
+/// Trims the cache to `CACHE_ENTRIES`, oldest (by modification) first.
+fn evict(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= CACHE_ENTRIES {
+        return;
+    }
+    files.sort();
+    for (_, path) in &files[..files.len() - CACHE_ENTRIES] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// How often the epoch advances: the granularity of `batch_timeout`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -78,7 +100,14 @@ impl Runtime {
             // below, into the host's own state folder, under a name that
             // carries this engine's compatibility hash.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    // Marks it recently used, for `evict`.
+                    let _ = std::fs::File::options()
+                        .append(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    return Ok(component);
+                }
                 Err(e) => {
                     tracing::warn!(file = %path.display(), "compiled-plugin cache entry unusable, recompiling: {e}")
                 }
@@ -93,6 +122,7 @@ impl Runtime {
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), "cannot cache the compiled plugin: {e}");
         }
+        evict(dir);
         Ok(component)
     }
 

@@ -29,10 +29,9 @@ pub fn watch(registry: Arc<Registry>) -> notify::Result<notify::RecommendedWatch
             }
         };
         if matches!(
-                event.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
-            )
-        {
+            event.kind,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+        ) {
             for path in event.paths {
                 if path.extension().is_some_and(|e| e == "wasm") {
                     let _ = tx.send((path, Instant::now()));
