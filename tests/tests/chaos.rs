@@ -1,0 +1,190 @@
+//! Crash safety: the `sluice` binary is killed with SIGKILL at random
+//! points while events flow, and restarted each time. At the end every
+//! valid event is exactly one MySQL row and one MongoDB document, and the
+//! dead letters hold exactly the bad events.
+//!
+//! CI runs 100,000 events and 5 kills. The full run (1,000,000 events, 20
+//! kills, ~10 minutes here) is:
+//!
+//!     SLUICE_CHAOS_EVENTS=1000000 SLUICE_CHAOS_KILLS=20 \
+//!       cargo test --release -p sluice-tests --test chaos -- --nocapture
+
+use sluice_tests::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Every 500th event has no id: the plugin rejects it (a dead letter).
+fn event(i: usize) -> (String, String) {
+    if i % 500 == 499 {
+        (format!("bad-{i}"), format!("{{\"customer\":\"c-{i}\"}}"))
+    } else {
+        order_event(i)
+    }
+}
+
+/// A small xorshift generator: the kill points, reproducible from the seed.
+struct Dice(u64);
+
+impl Dice {
+    fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        low + (high - low).mul_f64((self.0 % 10_000) as f64 / 10_000.0)
+    }
+}
+
+/// Rows in `table`; 0 before the host created it.
+async fn rows_now(pool: &sqlx::MySqlPool, table: &str) -> i64 {
+    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{table}`"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_or(0, |(n,)| n)
+}
+
+fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() {
+    let events = env_or("SLUICE_CHAOS_EVENTS", 100_000);
+    let kills = env_or("SLUICE_CHAOS_KILLS", 5);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("chaos: {events} events, {kills} kills, seed {seed}");
+    let mut dice = Dice(seed);
+
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let topic = unique("chaos");
+    create_topic(&topic, 3).await;
+    let pipeline = unique("chaos");
+    let (table, collection) = (format!("{pipeline}_orders"), format!("{pipeline}_events"));
+    // A killed consumer's partitions wait for its session to time out
+    // before the restarted host gets them: keep that short.
+    let toml = host_toml(&dir, "").replace(
+        "[kafka]\n",
+        "[kafka]\noptions = { \"session.timeout.ms\" = \"6000\" }\n",
+    ) + &pipeline_toml(
+        &pipeline,
+        "orders",
+        &topic,
+        &format!(
+            "{}\nbatch = {{ max_records = 1000, max_wait = \"100ms\" }}",
+            orders_routes(&table, &collection)
+        ),
+    );
+    let config = write_config(&dir, &toml);
+    let log = dir.join("sluice.log");
+    sluice_bin();
+
+    // The producer writes all events while the host is killed and restarted.
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            let p = producer();
+            for chunk in (0..events).collect::<Vec<_>>().chunks(5_000) {
+                let batch: Vec<_> = chunk.iter().map(|&i| event(i)).collect();
+                produce(&p, &topic, &batch).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let pool = mysql().await;
+    let mut timeline = Vec::new();
+    for kill in 1..=kills {
+        let before = rows_now(&pool, &table).await;
+        let mut child = start(&config, &log);
+        let spawned = Instant::now();
+        // Kill while it works: once rows move, after a random while more.
+        wait_for(Duration::from_secs(120), || async {
+            rows_now(&pool, &table).await > before
+        })
+        .await;
+        tokio::time::sleep(dice.between(Duration::ZERO, Duration::from_secs(3))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let rows = rows_now(&pool, &table).await;
+        timeline.push(format!(
+            "kill {kill} at {:.1}s, {:.1?} after start: {before} -> {rows} rows",
+            started.elapsed().as_secs_f64(),
+            spawned.elapsed()
+        ));
+    }
+    producing.await.unwrap();
+
+    // The last start runs until everything is in, then stops cleanly.
+    let valid = (0..events).filter(|i| i % 500 != 499).count() as i64;
+    let bad = events as i64 - valid;
+    let mut child = start(&config, &log);
+    let limit = Duration::from_secs(120 + events as u64 / 1_000);
+    wait_for(limit, || async {
+        count_rows(&pool, &table).await.0 >= valid
+    })
+    .await;
+    let dead_letters = format!("{pipeline}_dead_letters");
+    wait_for(Duration::from_secs(60), || async {
+        documents(&dead_letters).await.len() as i64 >= bad
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "clean exit after SIGTERM");
+    let took = started.elapsed();
+
+    let (rows, distinct) = count_rows(&pool, &table).await;
+    let docs = mongo()
+        .await
+        .collection::<mongodb::bson::Document>(&collection)
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .unwrap() as i64;
+    let dead = documents(&dead_letters).await;
+    let dead_keys: std::collections::BTreeSet<String> = dead
+        .iter()
+        .map(|d| d.get_str("key").unwrap().to_string())
+        .collect();
+    for line in &timeline {
+        println!("{line}");
+    }
+    println!(
+        "chaos result: {kills} kills, {events} events produced ({valid} valid, {bad} bad), {rows} rows ({distinct} distinct), {docs} documents, {} dead letters, missing {}, duplicated {}, took {took:.1?}",
+        dead.len(),
+        valid - distinct,
+        rows - distinct
+    );
+    assert_eq!((rows, distinct, docs), (valid, valid, valid));
+    assert_eq!(dead.len() as i64, bad, "one dead letter per bad event");
+    assert!(dead_keys.iter().all(|k| k.starts_with("bad-")));
+    assert_eq!(dead_keys.len() as i64, bad);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+}
