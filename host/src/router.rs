@@ -163,6 +163,8 @@ pub enum Stage {
     Trap,
     /// An output broke its declared schema.
     Schema,
+    /// The database refused the row itself (constraint, type, size).
+    Sink,
 }
 
 impl Stage {
@@ -171,6 +173,7 @@ impl Stage {
             Stage::Plugin => "plugin",
             Stage::Trap => "trap",
             Stage::Schema => "schema",
+            Stage::Sink => "sink",
         }
     }
 }
@@ -179,6 +182,8 @@ impl Stage {
 #[derive(Default)]
 pub struct Routed {
     pub rows: BTreeMap<String, Vec<Row>>,
+    /// Per output, the index of the record each row came from.
+    pub sources: BTreeMap<String, Vec<usize>>,
     pub dead_letters: Vec<Row>,
 }
 
@@ -302,6 +307,11 @@ pub fn route(
         if route.decl.kind == OutputKind::Table {
             route.decl.fill_nulls(&mut fields);
         }
+        routed
+            .sources
+            .entry(out.output.clone())
+            .or_default()
+            .push(out.source as usize);
         routed
             .rows
             .entry(out.output)

@@ -15,7 +15,7 @@ pub use stats::{Stats, StatsSnapshot};
 
 use crate::canary::BatchDiff;
 use crate::config::{Config, PipelineConfig, ReloadMode};
-use crate::router::{self, DeadLetterContext, Routed, Routes, Stage};
+use crate::router::{self, DeadLetterContext, Route, Routed, Routes, Stage};
 use crate::runtime::{CallError, Instance, Limits, PluginVersion, Registry};
 use crate::scheduler::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
 use crate::sink::{Row, SinkError, Sinks};
@@ -342,24 +342,29 @@ impl Pipeline {
         }
 
         let what = format!("pipeline '{}': writing batch", self.config.name);
-        let write = || write_all(&routes, &routed.rows, &routed.dead_letters);
-        if persist {
-            if retry(&self.stats, shutdown, &what, write).await.is_err() {
-                return Ok(None);
+        let write = || write_all(&routes, &routed, &records, &ctx);
+        let refused = if persist {
+            match retry(&self.stats, shutdown, &what, write).await {
+                Ok(refused) => refused,
+                Err(_) => return Ok(None),
             }
         } else {
-            write().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-        }
+            write().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+        };
         if let Some(shadow) = shadow {
             self.finish_shadow(shadow, &records, &routed).await;
         }
+        let mut outputs: BTreeMap<String, usize> = routed
+            .rows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect();
+        for output in &refused {
+            *outputs.get_mut(output).unwrap() -= 1;
+        }
         let done = BatchDone {
-            outputs: routed
-                .rows
-                .iter()
-                .map(|(k, v)| (k.clone(), v.len()))
-                .collect(),
-            dead_letters: routed.dead_letters.len(),
+            outputs,
+            dead_letters: routed.dead_letters.len() + refused.len(),
         };
         let written: usize = done.outputs.values().sum();
         Stats::add(&self.stats.batches, 1);
@@ -594,33 +599,80 @@ impl Slice {
 }
 
 /// All writes of one batch. Safe to repeat: every write is an upsert.
+/// A row the database refuses for its own sake (constraint, type, size)
+/// becomes a dead letter with the database's reason, and the rest is
+/// written; returns the output of each refused row. Any other error (the
+/// database down, a permission) fails the whole write, to be retried.
 async fn write_all(
     routes: &Routes,
-    rows: &BTreeMap<String, Vec<Row>>,
-    dead_letters: &[Row],
-) -> Result<(), SinkError> {
-    for (output, rows) in rows {
-        routes.outputs[output].write(rows).await?;
+    routed: &Routed,
+    records: &[Record<'_>],
+    ctx: &DeadLetterContext<'_>,
+) -> Result<Vec<String>, SinkError> {
+    let mut refused = Vec::new();
+    let mut letters = Vec::new();
+    for (output, rows) in &routed.rows {
+        let route = &routes.outputs[output];
+        for (i, reason) in write_isolating(route, rows).await? {
+            let record = &records[routed.sources[output][i]];
+            let reason = format!(
+                "sink '{}' refused output '{output}' (id {}) in {}: {reason}",
+                route.sink_name, rows[i].id, route.target
+            );
+            tracing::warn!(pipeline = %ctx.pipeline, "{reason}; the record goes to dead letters");
+            letters.push(ctx.row(record, Stage::Sink, &reason, &format!("/{output}/sink")));
+            refused.push(output.clone());
+        }
     }
-    routes.dead_letter.write(dead_letters).await
+    routes.dead_letter.write(&routed.dead_letters).await?;
+    if !letters.is_empty() {
+        routes.dead_letter.write(&letters).await?;
+    }
+    Ok(refused)
+}
+
+/// Writes `rows`, halving around refused ones until each stands alone;
+/// returns those (index, the database's reason).
+async fn write_isolating(route: &Route, rows: &[Row]) -> Result<Vec<(usize, String)>, SinkError> {
+    let mut refused = Vec::new();
+    let mut pending = Vec::new();
+    pending.push(0..rows.len());
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        match route.write(&rows[range.clone()]).await {
+            Ok(()) => {}
+            Err(SinkError::Refused(reason)) if range.len() == 1 => {
+                refused.push((range.start, reason))
+            }
+            Err(SinkError::Refused(_)) => {
+                let mid = range.start + range.len() / 2;
+                pending.push(mid..range.end);
+                pending.push(range.start..mid);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
 }
 
 /// Retries `op` with capped exponential backoff until it succeeds or
 /// shutdown is requested. Never gives up on its own: data is not dropped.
-async fn retry<F, Fut>(
+async fn retry<T, F, Fut>(
     stats: &Stats,
     shutdown: &mut watch::Receiver<bool>,
     what: &str,
     op: F,
-) -> anyhow::Result<()>
+) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), SinkError>>,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
     let mut backoff = Duration::from_millis(200);
     loop {
         match op().await {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) => {
                 Stats::add(&stats.sink_retries, 1);
                 tracing::warn!(
