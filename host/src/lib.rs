@@ -8,6 +8,7 @@
 pub mod api;
 pub mod canary;
 pub mod config;
+pub mod dlq;
 pub mod pipeline;
 pub mod router;
 pub mod runtime;

@@ -71,6 +71,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: list them, or replay them through the current plugin.
+    Dlq {
+        #[command(subcommand)]
+        command: cli::DlqCommand,
+    },
     /// Loaded plugin versions and running canaries (with their reports);
     /// `promote` or `rollback` a canary.
     #[command(args_conflicts_with_subcommands = true)]
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
         } => cli::backfill(&config, &pipeline, from, to),
         Command::Pipelines { config, json } => cli::pipelines(&config, json),
         Command::Plugins { action, list } => cli::plugins(action, list),
+        Command::Dlq { command } => block_on(Box::pin(cli::dlq(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,6 +188,24 @@ impl sluice::sink::Sink for NoSink {
         _: &str,
         _: &sluice_plugin_sdk::Output,
         _: &[sluice::sink::Row],
+    ) -> Result<(), sluice::sink::SinkError> {
+        Ok(())
+    }
+    async fn read_dead_letters(
+        &self,
+        _: &str,
+        _: &sluice_plugin_sdk::Output,
+        _: &str,
+        _: &[String],
+        _: u32,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, sluice::sink::SinkError> {
+        Ok(vec![])
+    }
+    async fn delete(
+        &self,
+        _: &str,
+        _: &sluice_plugin_sdk::Output,
+        _: &[String],
     ) -> Result<(), sluice::sink::SinkError> {
         Ok(())
     }

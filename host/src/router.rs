@@ -96,26 +96,11 @@ impl Routes {
                 },
             );
         }
-        let dl_sink = pipeline
-            .dead_letter
-            .sink
-            .clone()
-            .or_else(|| {
-                config
-                    .only_sink_of("mongodb")
-                    .or_else(|| config.only_sink_of("mysql"))
-                    .map(String::from)
-            })
-            .ok_or_else(|| {
-                format!(
-                    "{}: no sink for dead letters; set dead_letter.sink",
-                    key("dead_letter")
-                )
-            })?;
+        let (dl_sink, dl_target) = dead_letter_sink(config, pipeline)?;
         let dead_letter = Route {
             sink: sinks[&dl_sink].clone(),
             sink_name: dl_sink,
-            target: pipeline.dead_letter.name.clone(),
+            target: dl_target,
             decl: dead_letter_decl(),
         };
         Ok(Routes {
@@ -130,6 +115,30 @@ impl Routes {
         }
         Ok(())
     }
+}
+
+/// Where a pipeline's dead letters go: (sink name, table or collection).
+pub fn dead_letter_sink(
+    config: &Config,
+    pipeline: &PipelineConfig,
+) -> Result<(String, String), String> {
+    let sink = pipeline
+        .dead_letter
+        .sink
+        .clone()
+        .or_else(|| {
+            config
+                .only_sink_of("mongodb")
+                .or_else(|| config.only_sink_of("mysql"))
+                .map(String::from)
+        })
+        .ok_or_else(|| {
+            format!(
+                "pipelines[name={}].dead_letter: no sink for dead letters; set dead_letter.sink",
+                pipeline.name
+            )
+        })?;
+    Ok((sink, pipeline.dead_letter.name.clone()))
 }
 
 /// The schema of a dead letter, in either kind of sink.
@@ -199,8 +208,10 @@ impl DeadLetterContext<'_> {
             "{}/{}/{}/{}{suffix}",
             self.pipeline, record.topic, record.partition, record.offset
         );
-        let (key, key_enc) = text_or_base64(record.key);
-        let (value, value_enc) = text_or_base64(record.value);
+        // Both as text, or (if either is not UTF-8) both in base64.
+        let text = |b: Option<&[u8]>| b.is_none_or(|b| std::str::from_utf8(b).is_ok());
+        let utf8 = text(record.key) && text(record.value);
+        let (key, value) = (encode(record.key, utf8), encode(record.value, utf8));
         let timestamp = record
             .timestamp
             .and_then(chrono::DateTime::from_timestamp_millis)
@@ -219,7 +230,7 @@ impl DeadLetterContext<'_> {
             "timestamp": timestamp,
             "key": key,
             "value": value,
-            "encoding": if key_enc == "base64" || value_enc == "base64" { "base64" } else { "utf8" },
+            "encoding": if utf8 { "utf8" } else { "base64" },
             "failed_at": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         });
         let Value::Object(fields) = fields else {
@@ -232,15 +243,12 @@ impl DeadLetterContext<'_> {
     }
 }
 
-fn text_or_base64(bytes: Option<&[u8]>) -> (Option<String>, &'static str) {
+fn encode(bytes: Option<&[u8]>, utf8: bool) -> Option<String> {
     use base64::Engine;
-    match bytes.map(std::str::from_utf8) {
-        None => (None, "utf8"),
-        Some(Ok(text)) => (Some(text.to_string()), "utf8"),
-        Some(Err(_)) => (
-            bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-            "base64",
-        ),
+    match bytes {
+        None => None,
+        Some(b) if utf8 => Some(String::from_utf8_lossy(b).into_owned()),
+        Some(b) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
     }
 }
 

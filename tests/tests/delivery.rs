@@ -75,3 +75,119 @@ async fn a_row_the_database_refuses_is_a_dead_letter_with_its_reason_and_the_res
     assert_eq!(stats.snapshot().dead_letters, 100);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_once_the_database_accepts_them() {
+    init_logs();
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let topic = unique("replay");
+    create_topic(&topic, 1).await;
+    let pipeline = unique("replay");
+    let table = format!("{pipeline}_orders");
+    let toml = host_toml(
+        &dir,
+        &format!("[api]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
+    ) + &pipeline_toml(
+        &pipeline,
+        "orders",
+        &topic,
+        &orders_routes(&table, &format!("{pipeline}_events")),
+    );
+    let config = write_config(&dir, &toml);
+    let host = Host::start(Config::load(&config).unwrap()).await.unwrap();
+    let ledger = host.ledger.clone();
+    let pool = mysql().await;
+    let constrain = |cap: Option<u32>| {
+        let (pool, table) = (pool.clone(), table.clone());
+        async move {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE `{table}` DROP CONSTRAINT total_cap"
+            )))
+            .execute(&pool)
+            .await;
+            if let Some(cap) = cap {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE `{table}` ADD CONSTRAINT total_cap CHECK (total < {cap})"
+                )))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+    };
+    constrain(Some(250)).await;
+    let running = run_host(host);
+    produce(
+        &producer(),
+        &topic,
+        &(0..600).map(order_event).collect::<Vec<_>>(),
+    )
+    .await;
+    let dead_letters = format!("{pipeline}_dead_letters");
+    wait_for(Duration::from_secs(60), || async {
+        documents(&dead_letters).await.len() == 100
+    })
+    .await;
+
+    // Listed with their reason and source, straight from the sink.
+    let (ok, out, err) = sluice_cli(&["dlq", "list", &pipeline, "-n", "3"], &config);
+    println!("{out}");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("total_cap") && out.contains(&format!("{topic}/0@")),
+        "{out}"
+    );
+    let (ok, json, err) = sluice_cli(&["dlq", "list", &pipeline, "-n", "500", "--json"], &config);
+    assert!(ok, "{err}");
+    let letters: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(letters.len(), 100);
+
+    // The cap rises to 275: of ten replayed, the five under it go through.
+    constrain(Some(275)).await;
+    let pick = |range: std::ops::Range<usize>| -> Vec<String> {
+        letters
+            .iter()
+            .filter(|l| {
+                let i: usize = l["key"].as_str().unwrap()[2..].parse().unwrap();
+                range.contains(&(i % 300))
+            })
+            .take(5)
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ids: Vec<String> = pick(250..275).into_iter().chain(pick(275..300)).collect();
+    let mut args = vec!["dlq", "replay", pipeline.as_str()];
+    for id in &ids {
+        args.extend(["--id", id.as_str()]);
+    }
+    let replayed = |args: Vec<&str>| {
+        let (ok, out, err) = sluice_cli(&args, &config);
+        assert!(ok, "{err}");
+        let run: i64 = out.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let ledger = ledger.clone();
+        async move {
+            wait_for(Duration::from_secs(60), || async {
+                ledger.get(run).await.unwrap().unwrap().ended_at.is_some()
+            })
+            .await;
+            ledger.get(run).await.unwrap().unwrap()
+        }
+    };
+    let run = replayed(args).await;
+    println!("{:?}: {:?} {:?}", run.trigger, run.note, run.error);
+    assert_eq!(run.trigger.as_str(), "replay");
+    assert_eq!(
+        run.note.as_deref(),
+        Some("replayed 10 dead letters: 5 went through (deleted), 5 failed again")
+    );
+    assert_eq!(count_rows(&pool, &table).await.0, 505);
+    assert_eq!(documents(&dead_letters).await.len(), 95);
+
+    // The constraint gone, one replay of everything empties the queue.
+    constrain(None).await;
+    let run = replayed(vec!["dlq", "replay", pipeline.as_str()]).await;
+    println!("{:?}", run.note);
+    assert_eq!(count_rows(&pool, &table).await, (600, 600));
+    assert!(documents(&dead_letters).await.is_empty());
+    running.stop().await;
+}

@@ -10,6 +10,7 @@
 //! | GET    | /v1/runs/{id}                      | one run                       |
 //! | POST   | /v1/pipelines/{name}/trigger       | start (or queue) a run now    |
 //! | POST   | /v1/pipelines/{name}/backfill      | `{"from": T, "to": T}` RFC 3339 |
+//! | POST   | /v1/pipelines/{name}/replay        | `{"ids": [...]}` (empty: all) dead letters again |
 //! | GET    | /v1/plugins                        | versions, canaries and reports |
 //! | POST   | /v1/plugins/{name}/promote         | make the canary current       |
 //! | POST   | /v1/plugins/{name}/rollback        | drop the canary               |
@@ -83,6 +84,13 @@ pub struct PluginChanged {
     pub hash: String,
 }
 
+/// Dead letters to replay; none listed: all of the pipeline's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackfillRequest {
     pub from: DateTime<Utc>,
@@ -133,6 +141,7 @@ pub async fn serve(
         .route("/v1/runs/{id}", get(run))
         .route("/v1/pipelines/{name}/trigger", post(trigger))
         .route("/v1/pipelines/{name}/backfill", post(backfill))
+        .route("/v1/pipelines/{name}/replay", post(replay))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{name}/promote", post(promote))
         .route("/v1/plugins/{name}/rollback", post(rollback))
@@ -264,6 +273,18 @@ async fn backfill(
     send(&state, &name, |reply| Command::Backfill {
         from: window.from,
         to: window.to,
+        reply,
+    })
+    .await
+}
+
+async fn replay(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Json(request): Json<ReplayRequest>,
+) -> Reply<Submitted> {
+    send(&state, &name, |reply| Command::Replay {
+        ids: request.ids,
         reply,
     })
     .await

@@ -1,12 +1,15 @@
 //! The operating commands: `runs`, `runs show`, `trigger`, `backfill`,
-//! `pipelines`, `plugins` (`promote`, `rollback`). `runs` reads the ledger
-//! itself; the others ask the running host through its API.
+//! `pipelines`, `plugins` (`promote`, `rollback`), `dlq` (`list`,
+//! `replay`). `runs` and `dlq list` read the ledger and the dead-letter
+//! sink themselves; the others ask the running host through its API.
 
 mod table;
 
 use chrono::{DateTime, Utc};
 use sluice::api::client::Client;
-use sluice::api::{BackfillRequest, PipelineView, PluginChanged, PluginView, Submitted};
+use sluice::api::{
+    BackfillRequest, PipelineView, PluginChanged, PluginView, ReplayRequest, Submitted,
+};
 use sluice::config::Config;
 use sluice::scheduler::ledger::{Ledger, Run};
 use std::path::{Path, PathBuf};
@@ -413,6 +416,87 @@ fn list_plugins(config: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum DlqCommand {
+    /// A pipeline's dead letters, newest first, with reason and source.
+    List {
+        /// Pipeline name.
+        pipeline: String,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+        /// How many to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON (every field, key and value included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters through the current plugin version again (a
+    /// `replay` run in the ledger). Those that go through are deleted.
+    Replay {
+        /// Pipeline name.
+        pipeline: String,
+        /// Only these dead letters (the ID column of `dlq list`); repeatable.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List {
+            pipeline,
+            config,
+            limit,
+            json,
+        } => {
+            let config = Config::load(&config)?;
+            let letters = sluice::dlq::list(&config, &pipeline, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+                return Ok(());
+            }
+            if letters.is_empty() {
+                println!("no dead letters for '{pipeline}'");
+                return Ok(());
+            }
+            let mut table = Table::new(&["ID", "FAILED (UTC)", "STAGE", "SOURCE", "KEY", "REASON"]);
+            for l in &letters {
+                let reason: String = l.reason.chars().take(120).collect();
+                table.row(vec![
+                    l.id.clone(),
+                    short_time(l.failed_at),
+                    l.stage.clone(),
+                    format!("{}/{}@{}", l.topic, l.partition, l.offset),
+                    l.key.clone().unwrap_or_default(),
+                    reason,
+                ]);
+            }
+            table.print();
+            println!("\nreplay them with `sluice dlq replay {pipeline}` (or `--id ID` for some)");
+            Ok(())
+        }
+        DlqCommand::Replay {
+            pipeline,
+            ids,
+            config,
+        } => {
+            let request = ReplayRequest { ids };
+            let submitted: Submitted = tokio::task::spawn_blocking(move || {
+                client(&config)?.post(&format!("/v1/pipelines/{pipeline}/replay"), &request)
+            })
+            .await??;
+            println!(
+                "replay run {} started (or queued); see `sluice runs show {}`",
+                submitted.run, submitted.run
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `2026-11-30T08:00:00Z`, `2026-11-30 08:00:00` (UTC), `now` or `90m ago`.

@@ -15,6 +15,7 @@ pub use stats::{Stats, StatsSnapshot};
 
 use crate::canary::BatchDiff;
 use crate::config::{Config, PipelineConfig, ReloadMode};
+use crate::dlq;
 use crate::router::{self, DeadLetterContext, Route, Routed, Routes, Stage};
 use crate::runtime::{CallError, Instance, Limits, PluginVersion, Registry};
 use crate::scheduler::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
@@ -279,6 +280,72 @@ impl Pipeline {
             totals.add(&batch, done);
         }
         Ok(())
+    }
+
+    /// Sends dead letters (this pipeline's, or those in `ids`) through
+    /// `version` again, without moving any offset. The letters whose record
+    /// now goes through are deleted; a record that fails again has its dead
+    /// letter rewritten with the new reason. Returns the run's note.
+    pub async fn replay(
+        &mut self,
+        ids: &[String],
+        version: &Arc<PluginVersion>,
+        shutdown: &mut watch::Receiver<bool>,
+        totals: &mut RunTotals,
+    ) -> anyhow::Result<String> {
+        let routes = self.prepare(version, shutdown, false).await?;
+        let dl = &routes.dead_letter;
+        let name = self.config.name.clone();
+        let letters = dlq::read(&dl.sink, &dl.target, &name, ids, dlq::MAX_DEAD_LETTERS).await?;
+        if letters.is_empty() {
+            return Ok("no dead letters to replay".into());
+        }
+        // Stored times have millisecond precision.
+        let started =
+            chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+                .unwrap_or_default();
+        // One record per source position, even if it left several letters.
+        let mut seen = std::collections::HashSet::new();
+        let messages = letters
+            .iter()
+            .filter(|l| seen.insert((l.topic.clone(), l.partition, l.offset)))
+            .map(dlq::DeadLetter::to_message)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        for chunk in messages.chunks(self.config.batch.max_records) {
+            let batch = Batch {
+                messages: chunk.to_vec(),
+            };
+            let Some(done) = self.process(&batch, version, shutdown, false).await? else {
+                unreachable!("a replay does not wait for sinks")
+            };
+            totals.add(&batch, done);
+        }
+        // Letters this replay did not rewrite: their record went through.
+        let old: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
+        let after = dlq::read(&dl.sink, &dl.target, &name, &old, dlq::MAX_DEAD_LETTERS).await?;
+        let again: std::collections::HashSet<&str> = after
+            .iter()
+            .filter(|l| l.failed_at >= started)
+            .map(|l| l.id.as_str())
+            .collect();
+        let through: Vec<String> = old
+            .iter()
+            .filter(|id| !again.contains(id.as_str()))
+            .cloned()
+            .collect();
+        dl.sink
+            .delete(&dl.target, &dl.decl, &through)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("deleting replayed dead letters from {}: {e}", dl.target)
+            })?;
+        Ok(format!(
+            "replayed {} dead letters: {} went through (deleted), {} failed again",
+            letters.len(),
+            through.len(),
+            again.len()
+        ))
     }
 
     /// Transforms and writes one batch. `persist`: retry sink errors until
@@ -619,13 +686,14 @@ async fn write_all(
                 "sink '{}' refused output '{output}' (id {}) in {}: {reason}",
                 route.sink_name, rows[i].id, route.target
             );
-            tracing::warn!(pipeline = %ctx.pipeline, "{reason}; the record goes to dead letters");
             letters.push(ctx.row(record, Stage::Sink, &reason, &format!("/{output}/sink")));
             refused.push(output.clone());
         }
     }
     routes.dead_letter.write(&routed.dead_letters).await?;
-    if !letters.is_empty() {
+    if let Some(first) = letters.first() {
+        tracing::warn!(pipeline = %ctx.pipeline, refused = letters.len(),
+            "rows refused by the database went to dead letters; first: {}", first.fields["reason"]);
         routes.dead_letter.write(&letters).await?;
     }
     Ok(refused)

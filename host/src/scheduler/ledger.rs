@@ -28,6 +28,8 @@ pub enum Trigger {
     Backfill,
     /// A slice of a continuous pipeline's work, closed by size or time.
     Continuous,
+    /// `sluice dlq replay`: dead letters sent through the plugin again.
+    Replay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,7 @@ impl Trigger {
             Trigger::Retry => "retry",
             Trigger::Backfill => "backfill",
             Trigger::Continuous => "continuous",
+            Trigger::Replay => "replay",
         }
     }
 }

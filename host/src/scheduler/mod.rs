@@ -33,6 +33,11 @@ pub enum Command {
         to: DateTime<Utc>,
         reply: oneshot::Sender<Result<i64, String>>,
     },
+    /// Dead letters through the plugin again (all, or these ids).
+    Replay {
+        ids: Vec<String>,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
 }
 
 /// A pipeline's scheduling state, for `sluice pipelines`.
@@ -301,6 +306,10 @@ impl Slot {
             Command::Trigger { reply } => (RunRequest::new(Trigger::Manual, Work::Pending), reply),
             Command::Backfill { from, to, reply } => (
                 RunRequest::new(Trigger::Backfill, Work::Window { from, to }),
+                reply,
+            ),
+            Command::Replay { ids, reply } => (
+                RunRequest::new(Trigger::Replay, Work::Replay { ids }),
                 reply,
             ),
         };

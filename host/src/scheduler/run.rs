@@ -31,6 +31,9 @@ pub enum Work {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     },
+    /// Dead letters (all of the pipeline's, or these ids) sent through the
+    /// plugin again; offsets are not touched.
+    Replay { ids: Vec<String> },
 }
 
 impl RunRequest {
@@ -181,6 +184,12 @@ async fn attempt_once(
     // One plugin version serves the whole attempt; reloads apply to the next.
     let version = pipeline.version()?;
     ledger.start(id, &PluginRef::from(&*version)).await?;
+    if let Work::Replay { ids } = &request.work {
+        return pipeline
+            .replay(ids, &version, shutdown, totals)
+            .await
+            .map(Some);
+    }
     let kafka = &pipeline.global_config().kafka;
     let group = pipeline.config.group_id();
     let topics = &pipeline.config.topics;
@@ -197,7 +206,7 @@ async fn attempt_once(
                 )
                 .await?
             }
-            (Work::Pending, planned) => {
+            (Work::Pending | Work::Replay { .. }, planned) => {
                 let mut ranges = KafkaSource::pending(kafka, &group, topics).await?;
                 // A retry finishes the original range: newer records belong
                 // to the next run.
@@ -225,8 +234,8 @@ async fn attempt_once(
         return Ok(Some("nothing new".into()));
     }
     let window = match request.work {
-        Work::Pending => None,
         Work::Window { from, to } => Some((from.timestamp_millis(), to.timestamp_millis())),
+        Work::Pending | Work::Replay { .. } => None,
     };
     pipeline
         .run_bounded(&ranges, window, &version, shutdown, totals)

@@ -45,6 +45,22 @@ pub trait Sink: Send + Sync {
     /// Upserts `rows` into `target` on the declared key. Either all rows are
     /// written or an error is returned; retrying is always safe.
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError>;
+
+    /// Reads back rows of `target` (declared by `decl`, which has `pipeline`
+    /// and `failed_at` fields: dead letters) whose `pipeline` is `pipeline`
+    /// and, unless `ids` is empty, whose id is one of `ids`; newest first.
+    /// Timestamps come back as RFC 3339 text.
+    async fn read_dead_letters(
+        &self,
+        target: &str,
+        decl: &Output,
+        pipeline: &str,
+        ids: &[String],
+        limit: u32,
+    ) -> Result<Vec<Map<String, Value>>, SinkError>;
+
+    /// Deletes the rows of `target` with these ids (text primary keys).
+    async fn delete(&self, target: &str, decl: &Output, ids: &[String]) -> Result<(), SinkError>;
 }
 
 /// Every configured sink, by name.

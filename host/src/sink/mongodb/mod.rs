@@ -79,6 +79,51 @@ impl Sink for MongoSink {
             .map(drop)
     }
 
+    async fn read_dead_letters(
+        &self,
+        target: &str,
+        decl: &Output,
+        pipeline: &str,
+        ids: &[String],
+        limit: u32,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, SinkError> {
+        use futures::TryStreamExt;
+        let mut filter = doc! { "pipeline": pipeline };
+        if !ids.is_empty() {
+            filter.insert("_id", doc! { "$in": ids });
+        }
+        let documents: Vec<Document> = self
+            .db
+            .collection::<Document>(target)
+            .find(filter)
+            .sort(doc! { "failed_at": -1 })
+            .limit(i64::from(limit))
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        Ok(documents
+            .iter()
+            .map(|d| {
+                decl.fields
+                    .iter()
+                    .map(|f| (f.name.clone(), to_json(d.get(&f.name))))
+                    .collect()
+            })
+            .collect())
+    }
+
+    async fn delete(&self, target: &str, _decl: &Output, ids: &[String]) -> Result<(), SinkError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let delete = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+        self.command(doc! { "delete": target, "deletes": [delete], "ordered": true })
+            .await
+            .map(drop)
+    }
+
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
         let mut chunk = Vec::with_capacity(rows.len().min(CHUNK));
         let mut bytes = 0;
@@ -196,6 +241,17 @@ fn approx_size(v: &Bson) -> usize {
         Bson::Document(d) => d.iter().map(|(k, v)| k.len() + approx_size(v)).sum(),
         Bson::Array(a) => a.iter().map(approx_size).sum(),
         _ => 16,
+    }
+}
+
+/// A stored value as JSON; dates as RFC 3339 text, as they were written.
+fn to_json(value: Option<&Bson>) -> serde_json::Value {
+    match value {
+        None | Some(Bson::Null) => serde_json::Value::Null,
+        Some(Bson::DateTime(t)) => t
+            .try_to_rfc3339_string()
+            .map_or(serde_json::Value::Null, serde_json::Value::from),
+        Some(other) => other.clone().into_relaxed_extjson(),
     }
 }
 
