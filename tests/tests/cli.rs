@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 12] = [
+    let commands: [&[&str]; 15] = [
         &["--help"],
         &["run", "--help"],
         &["validate", "--help"],
@@ -22,6 +22,9 @@ fn every_command_has_help() {
         &["plugins", "promote", "--help"],
         &["plugins", "rollback", "--help"],
         &["help", "plugins"],
+        &["dlq", "--help"],
+        &["dlq", "list", "--help"],
+        &["dlq", "replay", "--help"],
     ];
     for args in commands {
         let out = Command::new(sluice_bin()).args(args).output().unwrap();

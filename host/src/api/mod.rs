@@ -19,7 +19,7 @@ pub mod client;
 
 use crate::runtime::Registry;
 use crate::scheduler::ledger::{Ledger, Run};
-use crate::scheduler::{Command, Handle};
+use crate::scheduler::{Command, Handle, Refused};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -293,7 +293,7 @@ async fn replay(
 async fn send(
     state: &ApiState,
     name: &str,
-    command: impl FnOnce(oneshot::Sender<Result<i64, String>>) -> Command,
+    command: impl FnOnce(oneshot::Sender<Result<i64, Refused>>) -> Command,
 ) -> Reply<Submitted> {
     let Some((_, handle)) = state.pipelines.get(name) else {
         let known: Vec<&str> = state.pipelines.keys().map(String::as_str).collect();
@@ -319,6 +319,7 @@ async fn send(
         .map_err(|_| gone())?;
     match rx.await.map_err(|_| gone())? {
         Ok(run) => Ok(Json(Submitted { run })),
-        Err(e) => Err(error(StatusCode::CONFLICT, e)),
+        Err(Refused::Conflict(e)) => Err(error(StatusCode::CONFLICT, e)),
+        Err(Refused::Failed(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
 }

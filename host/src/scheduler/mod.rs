@@ -26,18 +26,27 @@ use tokio::task::JoinHandle;
 /// What the API asks of a pipeline's scheduler. Replies carry the run id.
 pub enum Command {
     Trigger {
-        reply: oneshot::Sender<Result<i64, String>>,
+        reply: oneshot::Sender<Result<i64, Refused>>,
     },
     Backfill {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        reply: oneshot::Sender<Result<i64, String>>,
+        reply: oneshot::Sender<Result<i64, Refused>>,
     },
     /// Dead letters through the plugin again (all, or these ids).
     Replay {
         ids: Vec<String>,
-        reply: oneshot::Sender<Result<i64, String>>,
+        reply: oneshot::Sender<Result<i64, Refused>>,
     },
+}
+
+/// Why a command started no run.
+#[derive(Debug)]
+pub enum Refused {
+    /// The request does not fit the pipeline (HTTP 409).
+    Conflict(String),
+    /// The host could not record the run (HTTP 500).
+    Failed(String),
 }
 
 /// A pipeline's scheduling state, for `sluice pipelines`.
@@ -297,10 +306,10 @@ impl Slot {
     async fn command(&mut self, command: Command, can_trigger: bool) {
         let (request, reply) = match command {
             Command::Trigger { reply } if !can_trigger => {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(Refused::Conflict(format!(
                     "pipeline '{}' runs continuously; there is nothing to trigger (use `sluice backfill` to reprocess a time window)",
                     self.pipeline_name()
-                )));
+                ))));
                 return;
             }
             Command::Trigger { reply } => (RunRequest::new(Trigger::Manual, Work::Pending), reply),
@@ -313,7 +322,8 @@ impl Slot {
                 reply,
             ),
         };
-        let _ = reply.send(self.submit(request).await.map_err(|e| format!("{e:#}")));
+        let submitted = self.submit(request).await;
+        let _ = reply.send(submitted.map_err(|e| Refused::Failed(format!("run ledger: {e:#}"))));
     }
 
     /// Lets the running run finish (it stops at shutdown) and fails the
