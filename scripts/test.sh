@@ -15,3 +15,5 @@ echo "==> plugin tests (native)"
 (cd plugins && cargo test --quiet)
 echo "==> workspace tests (unit + end-to-end against the local services)"
 cargo test --workspace --quiet -- --test-threads=2
+echo "==> fault tests (they stop and start the services, so one at a time)"
+cargo test -p sluice-tests --test faults --quiet -- --ignored --test-threads=1

@@ -188,6 +188,7 @@ impl Host {
                     ledger: self.ledger.clone(),
                     registry: self.registry.clone(),
                     pipelines: api_pipelines,
+                    stats: self.stats.clone(),
                 };
                 let mut stop = stop_rx.clone();
                 let stopped = async move {

@@ -4,7 +4,7 @@
 //!
 //! | method | path                               | what                          |
 //! |--------|------------------------------------|-------------------------------|
-//! | GET    | /v1/health                         | `{"status":"ok"}`             |
+//! | GET    | /v1/health                         | `ok`, or `degraded` and why   |
 //! | GET    | /v1/pipelines                      | schedule, next and last run   |
 //! | GET    | /v1/runs?pipeline=P&limit=N        | ledger, newest first          |
 //! | GET    | /v1/runs/{id}                      | one run                       |
@@ -36,6 +36,15 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Per pipeline: its plugin name and its scheduler.
     pub pipelines: BTreeMap<String, (String, Handle)>,
+    pub stats: BTreeMap<String, Arc<crate::pipeline::Stats>>,
+}
+
+/// `GET /v1/health`: `ok`, or `degraded` with what is failing per pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub degraded: BTreeMap<String, String>,
 }
 
 /// One line of `sluice pipelines`.
@@ -53,6 +62,9 @@ pub struct PipelineView {
     pub plugin_hash: Option<String>,
     /// Why the pipeline is paused: plugin removed or quarantined.
     pub paused: Option<String>,
+    /// What keeps failing while it is retried (a database down...).
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 /// One line of `sluice plugins`.
@@ -132,10 +144,7 @@ pub async fn serve(
         tracing::warn!(%listen, "the API has no authentication and listens beyond loopback");
     }
     let app = Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/v1/health", get(health))
         .route("/v1/pipelines", get(pipelines))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
@@ -179,9 +188,31 @@ async fn pipelines(State(state): State<Arc<ApiState>>) -> Reply<Vec<PipelineView
             plugin_version: version.as_ref().map(|v| v.info.version.clone()),
             plugin_hash: version.as_ref().map(|v| v.hash.clone()),
             paused: state.registry.serving(plugin).err().map(|e| e.to_string()),
+            degraded: degraded(&state, name),
         });
     }
     Ok(Json(views))
+}
+
+fn degraded(state: &ApiState, pipeline: &str) -> Option<String> {
+    state.stats.get(pipeline)?.degraded.lock().unwrap().clone()
+}
+
+async fn health(State(state): State<Arc<ApiState>>) -> Json<Health> {
+    let degraded: BTreeMap<String, String> = state
+        .stats
+        .keys()
+        .filter_map(|p| Some((p.clone(), degraded(&state, p)?)))
+        .collect();
+    Json(Health {
+        status: if degraded.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        degraded,
+    })
 }
 
 async fn plugins(State(state): State<Arc<ApiState>>) -> Json<Vec<PluginView>> {

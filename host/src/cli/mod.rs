@@ -269,6 +269,7 @@ pub fn pipelines(config: &Path, json: bool) -> anyhow::Result<()> {
         });
         let now = match (v.running, v.queued) {
             _ if v.paused.is_some() => "PAUSED".into(),
+            _ if v.degraded.is_some() => "DEGRADED".into(),
             (Some(id), 0) => format!("run {id}"),
             (Some(id), q) => format!("run {id} (+{q} queued)"),
             (None, _) => "idle".into(),
@@ -290,6 +291,11 @@ pub fn pipelines(config: &Path, json: bool) -> anyhow::Result<()> {
         ]);
     }
     table.print();
+    for v in views.iter() {
+        if let Some(why) = &v.degraded {
+            println!("\n{} is degraded: {why}", v.name);
+        }
+    }
     for v in views.iter().filter(|v| v.paused.is_some()) {
         println!(
             "\n{} is paused: {}",

@@ -738,11 +738,24 @@ where
     Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
     let mut backoff = Duration::from_millis(200);
+    let since = chrono::Utc::now();
     loop {
         match op().await {
-            Ok(done) => return Ok(done),
+            Ok(done) => {
+                if stats.degraded.lock().unwrap().take().is_some() {
+                    tracing::info!(
+                        "{what}: succeeded again after {:.1}s; no longer degraded",
+                        (chrono::Utc::now() - since).as_seconds_f64()
+                    );
+                }
+                return Ok(done);
+            }
             Err(e) => {
                 Stats::add(&stats.sink_retries, 1);
+                *stats.degraded.lock().unwrap() = Some(format!(
+                    "{what}: {e} (failing since {})",
+                    since.format("%H:%M:%S")
+                ));
                 tracing::warn!(
                     "{what}: {e}; retrying in {backoff:?} (nothing is committed until it succeeds)"
                 );

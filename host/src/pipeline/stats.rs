@@ -15,6 +15,9 @@ pub struct Stats {
     pub failing_batches: AtomicU64,
     /// Why the pipeline is paused (plugin removed or quarantined), if it is.
     pub paused: Mutex<Option<String>>,
+    /// What keeps failing while it is retried (a sink, the offset commit),
+    /// and since when: the pipeline is degraded until it succeeds.
+    pub degraded: Mutex<Option<String>>,
     /// Content hash of the plugin version serving the last batch.
     pub serving: Mutex<Option<String>>,
     /// File change seen -> first batch served by the new version; the

@@ -1,0 +1,134 @@
+//! Consumer-group rebalances: a second `sluice` joins the group mid-run and
+//! later leaves with SIGTERM; the partitions move twice, nothing is lost,
+//! and the writes never stall for long.
+
+use sluice_tests::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 30_000;
+
+/// Starts `sluice run`; its summary goes to `NAME.out`, its log to `NAME.log`.
+fn start(config: &std::path::Path, name: &std::path::Path) -> Child {
+    Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::fs::File::create(name.with_extension("out")).unwrap())
+        .stderr(std::fs::File::create(name.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Records a stopped host processed, from its exit summary.
+fn records_in(name: &std::path::Path) -> u64 {
+    let out = std::fs::read_to_string(name.with_extension("out")).unwrap();
+    out.split_once("': ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {out:?}"))
+}
+
+fn sigterm(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "clean exit after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_little() {
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let topic = unique("rebalance");
+    create_topic(&topic, 4).await;
+    let pipeline = unique("rebalance");
+    let table = format!("{pipeline}_orders");
+    let toml = host_toml(&dir, "").replace(
+        "[kafka]\n",
+        "[kafka]\noptions = { \"session.timeout.ms\" = \"10000\" }\n",
+    ) + &pipeline_toml(
+        &pipeline,
+        "orders",
+        &topic,
+        &orders_routes(&table, &format!("{pipeline}_events")),
+    );
+    let config = write_config(&dir, &toml);
+    sluice_bin();
+    let producing = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            let p = producer();
+            for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(500) {
+                let events: Vec<_> = chunk.iter().map(|&i| order_event(i)).collect();
+                produce(&p, &topic, &events).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+
+    let pool = mysql().await;
+    let rows = || async {
+        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM `{table}`"
+        )))
+        .fetch_one(&pool)
+        .await
+        .map_or(0, |(n,)| n)
+    };
+    let started = Instant::now();
+    let mut first = start(&config, &dir.join("first"));
+    let mut second: Option<Child> = None;
+    let (mut last, mut last_change, mut longest_stall) = (0, Instant::now(), Duration::ZERO);
+    let mut timeline = Vec::new();
+    loop {
+        let now = rows().await;
+        if now != last {
+            // Stalls count from the first row on (start-up is not a stall).
+            if last > 0 {
+                longest_stall = longest_stall.max(last_change.elapsed());
+            }
+            (last, last_change) = (now, Instant::now());
+        }
+        let t = started.elapsed();
+        if second.is_none() && t > Duration::from_secs(8) && timeline.is_empty() {
+            second = Some(start(&config, &dir.join("second")));
+            timeline.push(format!("second host joined at {t:.1?} ({now} rows)"));
+        }
+        if t > Duration::from_secs(25)
+            && let Some(mut s) = second.take()
+        {
+            sigterm(&mut s);
+            timeline.push(format!(
+                "second host left (SIGTERM) at {:.1?} ({} rows)",
+                started.elapsed(),
+                rows().await
+            ));
+        }
+        if now == EVENTS as i64 {
+            break;
+        }
+        assert!(t < Duration::from_secs(240), "stuck at {now} rows");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    producing.await.unwrap();
+    sigterm(&mut first);
+    for line in &timeline {
+        println!("{line}");
+    }
+    let (all, distinct) = count_rows(&pool, &table).await;
+    let (by_first, by_second) = (
+        records_in(&dir.join("first")),
+        records_in(&dir.join("second")),
+    );
+    println!(
+        "rebalance: {EVENTS} events, {all} rows ({distinct} distinct), processed {by_first} by the first host and {by_second} by the second (replays after a move: {}), longest stall {longest_stall:.1?}, took {:.1?}",
+        (by_first + by_second) as i64 - EVENTS as i64,
+        started.elapsed()
+    );
+    assert!(by_second > 0, "the second host got partitions");
+    assert_eq!(timeline.len(), 2, "{timeline:?}");
+    assert_eq!((all, distinct), (EVENTS as i64, EVENTS as i64));
+    assert!(
+        longest_stall < Duration::from_secs(10),
+        "no stall longer than the session timeout: {longest_stall:?}"
+    );
+}
