@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: starts the local services (Kafka, FerretDB, MariaDB) if
 # they are not running, then unit tests, plugin tests and end-to-end tests.
+# The fault tests that stop services run apart (see tests/tests/faults.rs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -15,5 +16,3 @@ echo "==> plugin tests (native)"
 (cd plugins && cargo test --quiet)
 echo "==> workspace tests (unit + end-to-end against the local services)"
 cargo test --workspace --quiet -- --test-threads=2
-echo "==> fault tests (they stop and start the services, so one at a time)"
-cargo test -p sluice-tests --test faults --quiet -- --ignored --test-threads=1

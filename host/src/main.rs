@@ -95,6 +95,8 @@ fn main() -> ExitCode {
             }),
         )
         .with_target(false)
+        // Logs on stderr: stdout carries command output (`runs --json`...).
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let block_on = |f: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>>>>| {

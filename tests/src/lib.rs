@@ -326,7 +326,9 @@ pub fn sluice_bin() -> PathBuf {
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
             .current_dir(repo_root())
-            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            // `--workspace`: the same features as the test build, so the
+            // libraries are shared and only the binary links.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status()
             .expect("run cargo to build sluice");
         assert!(status.success(), "building sluice failed");
@@ -425,4 +427,14 @@ pub async fn documents(collection: &str) -> Vec<mongodb::bson::Document> {
         .try_collect()
         .await
         .unwrap()
+}
+
+/// A child process killed when dropped, so a failing test leaves none behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

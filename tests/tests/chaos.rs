@@ -10,7 +10,7 @@
 //!       cargo test --release -p sluice-tests --test chaos -- --nocapture
 
 use sluice_tests::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -51,20 +51,22 @@ async fn rows_now(pool: &sqlx::MySqlPool, table: &str) -> i64 {
     .map_or(0, |(n,)| n)
 }
 
-fn start(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn start(config: &std::path::Path, log: &std::path::Path) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(sluice_bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .env("SLUICE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    KillOnDrop(
+        Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,8 +130,8 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
         })
         .await;
         tokio::time::sleep(dice.between(Duration::ZERO, Duration::from_secs(3))).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.0.kill().unwrap(); // SIGKILL
+        child.0.wait().unwrap();
         let rows = rows_now(&pool, &table).await;
         timeline.push(format!(
             "kill {kill} at {:.1}s, {:.1?} after start: {before} -> {rows} rows",
@@ -154,10 +156,13 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     })
     .await;
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success(), "clean exit after SIGTERM");
+    assert!(
+        child.0.wait().unwrap().success(),
+        "clean exit after SIGTERM"
+    );
     let took = started.elapsed();
 
     let (rows, distinct) = count_rows(&pool, &table).await;

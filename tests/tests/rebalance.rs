@@ -3,20 +3,22 @@
 //! and the writes never stall for long.
 
 use sluice_tests::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 30_000;
 
 /// Starts `sluice run`; its summary goes to `NAME.out`, its log to `NAME.log`.
-fn start(config: &std::path::Path, name: &std::path::Path) -> Child {
-    Command::new(sluice_bin())
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(std::fs::File::create(name.with_extension("out")).unwrap())
-        .stderr(std::fs::File::create(name.with_extension("log")).unwrap())
-        .spawn()
-        .unwrap()
+fn start(config: &std::path::Path, name: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::fs::File::create(name.with_extension("out")).unwrap())
+            .stderr(std::fs::File::create(name.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Records a stopped host processed, from its exit summary.
@@ -27,12 +29,15 @@ fn records_in(name: &std::path::Path) -> u64 {
         .unwrap_or_else(|| panic!("no summary in {out:?}"))
 }
 
-fn sigterm(child: &mut Child) {
+fn sigterm(child: &mut KillOnDrop) {
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
-    assert!(child.wait().unwrap().success(), "clean exit after SIGTERM");
+    assert!(
+        child.0.wait().unwrap().success(),
+        "clean exit after SIGTERM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +81,7 @@ async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_li
     };
     let started = Instant::now();
     let mut first = start(&config, &dir.join("first"));
-    let mut second: Option<Child> = None;
+    let mut second: Option<KillOnDrop> = None;
     let (mut last, mut last_change, mut longest_stall) = (0, Instant::now(), Duration::ZERO);
     let mut timeline = Vec::new();
     loop {
