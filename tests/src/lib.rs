@@ -438,3 +438,46 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+impl KillOnDrop {
+    /// Sends SIGTERM and checks the process exits cleanly.
+    pub fn sigterm(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(self.0.wait().unwrap().success(), "clean exit after SIGTERM");
+    }
+}
+
+/// Starts `sluice run --config CONFIG`: its stdout (the exit summary) goes to
+/// `NAME.out`, its log is appended to `NAME.log`.
+pub fn start_sluice(config: &Path, name: &Path) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(name.with_extension("log"))
+        .unwrap();
+    KillOnDrop(
+        Command::new(sluice_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::fs::File::create(name.with_extension("out")).unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Rows in `table`, or `None` if MariaDB does not answer within 2 s or the
+/// table does not exist yet.
+pub async fn table_rows(pool: &sqlx::MySqlPool, table: &str) -> Option<i64> {
+    let query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM `{table}`"
+    )))
+    .fetch_one(pool);
+    match tokio::time::timeout(Duration::from_secs(2), query).await {
+        Ok(Ok((n,))) => Some(n),
+        _ => None,
+    }
+}

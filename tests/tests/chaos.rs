@@ -10,7 +10,6 @@
 //!       cargo test --release -p sluice-tests --test chaos -- --nocapture
 
 use sluice_tests::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -43,30 +42,7 @@ impl Dice {
 
 /// Rows in `table`; 0 before the host created it.
 async fn rows_now(pool: &sqlx::MySqlPool, table: &str) -> i64 {
-    sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM `{table}`"
-    )))
-    .fetch_one(pool)
-    .await
-    .map_or(0, |(n,)| n)
-}
-
-fn start(config: &std::path::Path, log: &std::path::Path) -> KillOnDrop {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    KillOnDrop(
-        Command::new(sluice_bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    table_rows(pool, table).await.unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +77,7 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
         ),
     );
     let config = write_config(&dir, &toml);
-    let log = dir.join("sluice.log");
+    let log = dir.join("sluice");
     sluice_bin();
 
     // The producer writes all events while the host is killed and restarted.
@@ -122,7 +98,7 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     let mut timeline = Vec::new();
     for kill in 1..=kills {
         let before = rows_now(&pool, &table).await;
-        let mut child = start(&config, &log);
+        let mut child = start_sluice(&config, &log);
         let spawned = Instant::now();
         // Kill while it works: once rows move, after a random while more.
         wait_for(Duration::from_secs(120), || async {
@@ -144,7 +120,7 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     // The last start runs until everything is in, then stops cleanly.
     let valid = (0..events).filter(|i| i % 500 != 499).count() as i64;
     let bad = events as i64 - valid;
-    let mut child = start(&config, &log);
+    let mut child = start_sluice(&config, &log);
     let limit = Duration::from_secs(120 + events as u64 / 1_000);
     wait_for(limit, || async {
         count_rows(&pool, &table).await.0 >= valid
@@ -155,14 +131,7 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
         documents(&dead_letters).await.len() as i64 >= bad
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        child.0.wait().unwrap().success(),
-        "clean exit after SIGTERM"
-    );
+    child.sigterm();
     let took = started.elapsed();
 
     let (rows, distinct) = count_rows(&pool, &table).await;
@@ -190,6 +159,6 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     assert_eq!(dead.len() as i64, bad, "one dead letter per bad event");
     assert!(dead_keys.iter().all(|k| k.starts_with("bad-")));
     assert_eq!(dead_keys.len() as i64, bad);
-    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let log = std::fs::read_to_string(log.with_extension("log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");
 }

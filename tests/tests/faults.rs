@@ -40,18 +40,6 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Rows in `table`, or `None` while MariaDB does not answer.
-async fn rows(pool: &sqlx::MySqlPool, table: &str) -> Option<i64> {
-    let query = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-        "SELECT COUNT(*) FROM `{table}`"
-    )))
-    .fetch_one(pool);
-    match tokio::time::timeout(Duration::from_secs(2), query).await {
-        Ok(Ok((n,))) => Some(n),
-        _ => None,
-    }
-}
-
 /// Documents in `collection`, or `None` while FerretDB does not answer.
 async fn docs(db: &mongodb::Database, collection: &str) -> Option<i64> {
     // The estimate is the collection's own count: no scan (FerretDB's exact
@@ -99,16 +87,7 @@ async fn outage(service: &'static str, secs: u64) {
             &orders_routes(&table, &collection),
         );
     let config = write_config(&dir, &toml);
-    let log = std::fs::File::create(dir.join("sluice.log")).unwrap();
-    let mut child = KillOnDrop(
-        Command::new(sluice_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = start_sluice(&config, &dir.join("sluice"));
     let pid = child.0.id();
     let client = Arc::new(Client::new(([127, 0, 0, 1], port).into()));
 
@@ -159,7 +138,7 @@ async fn outage(service: &'static str, secs: u64) {
             Sample {
                 at: started.elapsed().as_secs_f64(),
                 produced,
-                rows: rows(&pool, &table).await,
+                rows: table_rows(&pool, &table).await,
                 docs: docs(&db, &collection).await,
                 rss: rss_mib(pid),
                 health,
@@ -194,14 +173,7 @@ async fn outage(service: &'static str, secs: u64) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        child.0.wait().unwrap().success(),
-        "clean exit after SIGTERM"
-    );
+    child.sigterm();
 
     // The timeline.
     let written = |s: &Sample| match service {

@@ -3,23 +3,9 @@
 //! and the writes never stall for long.
 
 use sluice_tests::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 30_000;
-
-/// Starts `sluice run`; its summary goes to `NAME.out`, its log to `NAME.log`.
-fn start(config: &std::path::Path, name: &std::path::Path) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(sluice_bin())
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(std::fs::File::create(name.with_extension("out")).unwrap())
-            .stderr(std::fs::File::create(name.with_extension("log")).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// Records a stopped host processed, from its exit summary.
 fn records_in(name: &std::path::Path) -> u64 {
@@ -27,17 +13,6 @@ fn records_in(name: &std::path::Path) -> u64 {
     out.split_once("': ")
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no summary in {out:?}"))
-}
-
-fn sigterm(child: &mut KillOnDrop) {
-    Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(
-        child.0.wait().unwrap().success(),
-        "clean exit after SIGTERM"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,16 +46,9 @@ async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_li
     });
 
     let pool = mysql().await;
-    let rows = || async {
-        sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM `{table}`"
-        )))
-        .fetch_one(&pool)
-        .await
-        .map_or(0, |(n,)| n)
-    };
+    let rows = || async { table_rows(&pool, &table).await.unwrap_or(0) };
     let started = Instant::now();
-    let mut first = start(&config, &dir.join("first"));
+    let mut first = start_sluice(&config, &dir.join("first"));
     let mut second: Option<KillOnDrop> = None;
     let (mut last, mut last_change, mut longest_stall) = (0, Instant::now(), Duration::ZERO);
     let mut timeline = Vec::new();
@@ -95,13 +63,13 @@ async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_li
         }
         let t = started.elapsed();
         if second.is_none() && t > Duration::from_secs(8) && timeline.is_empty() {
-            second = Some(start(&config, &dir.join("second")));
+            second = Some(start_sluice(&config, &dir.join("second")));
             timeline.push(format!("second host joined at {t:.1?} ({now} rows)"));
         }
         if t > Duration::from_secs(25)
             && let Some(mut s) = second.take()
         {
-            sigterm(&mut s);
+            s.sigterm();
             timeline.push(format!(
                 "second host left (SIGTERM) at {:.1?} ({} rows)",
                 started.elapsed(),
@@ -115,7 +83,7 @@ async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_li
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     producing.await.unwrap();
-    sigterm(&mut first);
+    first.sigterm();
     for line in &timeline {
         println!("{line}");
     }
