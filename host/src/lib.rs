@@ -33,6 +33,7 @@ pub struct Host {
     /// Per pipeline, live counters.
     pub stats: BTreeMap<String, Arc<Stats>>,
     pub ledger: Arc<Ledger>,
+    sinks: sink::Sinks,
 }
 
 /// How `Host::run` runs the pipelines.
@@ -136,6 +137,7 @@ impl Host {
             pipelines,
             stats,
             ledger,
+            sinks,
         })
     }
 
@@ -236,6 +238,9 @@ impl Host {
             let _ = api.await;
         }
         reporter.abort();
+        for sink in self.sinks.values() {
+            sink.close().await;
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -258,7 +263,8 @@ async fn report_progress(stats: BTreeMap<String, Arc<Stats>>) {
             let now = s.snapshot();
             if last.get(name) != Some(&now) {
                 tracing::info!(pipeline = %name, records_in = now.records_in, rows_written = now.rows_written,
-                    dead_letters = now.dead_letters, batches = now.batches, "progress");
+                    dead_letters = now.dead_letters, batches = now.batches,
+                    already_written = now.already_written, "progress");
                 last.insert(name.clone(), now);
             }
         }

@@ -2,7 +2,7 @@
 //! validates every emitted value against its declaration, and turns
 //! rejected records and invalid outputs into dead letters.
 
-use crate::config::{Config, PipelineConfig};
+use crate::config::{Config, OffsetStore, PipelineConfig};
 use crate::runtime::PluginVersion;
 use crate::sink::{Row, Sink, SinkError, Sinks};
 use serde_json::{Map, Value, json};
@@ -103,6 +103,20 @@ impl Routes {
             target: dl_target,
             decl: dead_letter_decl(),
         };
+        if pipeline.offsets == OffsetStore::Mysql
+            && let Some((output, route)) = outputs
+                .iter()
+                .find(|(_, r)| r.sink_name != dead_letter.sink_name)
+        {
+            return Err(format!(
+                "{}: output '{output}' of plugin '{}' goes to sink '{}', but offsets = \"mysql\" writes every output, the dead letters and the offsets in one transaction of sink '{}'; add routes.{output} = {{ sink = \"{}\" }}",
+                key(&format!("routes.{output}")),
+                plugin.name,
+                route.sink_name,
+                dead_letter.sink_name,
+                dead_letter.sink_name
+            ));
+        }
         Ok(Routes {
             outputs,
             dead_letter,

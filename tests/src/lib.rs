@@ -258,6 +258,17 @@ dead_letter = {{ name = "{pipeline}_dead_letters" }}
     )
 }
 
+/// A `[[pipelines]]` entry of the orders plugin with `offsets = "mysql"`:
+/// both outputs (`PIPELINE_orders`, `PIPELINE_events`) and the dead
+/// letters in MySQL, the offsets stored beside them.
+pub fn exactly_once_pipeline_toml(pipeline: &str, topic: &str, extra: &str) -> String {
+    let keys = format!(
+        "offsets = \"mysql\"\nroutes.orders = {{ sink = \"mysql\", name = \"{pipeline}_orders\" }}\nroutes.order_events = {{ sink = \"mysql\", name = \"{pipeline}_events\" }}\n{extra}"
+    );
+    pipeline_toml(pipeline, "orders", topic, &keys)
+        .replace("dead_letter = {", "dead_letter = { sink = \"mysql\", ")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

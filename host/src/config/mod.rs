@@ -213,6 +213,21 @@ pub struct PipelineConfig {
     /// clean shadow batches; 0 waits for `sluice plugins promote`.
     #[serde(default = "default_canary_batches")]
     pub canary_batches: u32,
+    /// Where the consumer offsets are stored: in Kafka after the sinks
+    /// acknowledged (`kafka`, the default: at-least-once, idempotent
+    /// upserts absorb replays), or in the same MySQL transaction as the
+    /// rows (`mysql`: exactly-once; every output and the dead letters must
+    /// go to one MySQL sink).
+    #[serde(default)]
+    pub offsets: OffsetStore,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetStore {
+    #[default]
+    Kafka,
+    Mysql,
 }
 
 fn default_canary_batches() -> u32 {
@@ -499,6 +514,32 @@ impl Config {
         Ok(config)
     }
 
+    /// `offsets = "mysql"`: the rows, the dead letters and the offsets are
+    /// written in one transaction, so they must all go to one MySQL sink.
+    /// Returns the pipeline key that breaks it.
+    fn check_one_mysql_sink(&self, p: &PipelineConfig) -> Result<(), (&'static str, String)> {
+        let (sink, _) = crate::router::dead_letter_sink(self, p).map_err(|e| ("dead_letter", e))?;
+        let hint = "offsets = \"mysql\" writes the rows, the dead letters and the offsets in one MySQL transaction";
+        if self.sinks.get(&sink).map(SinkConfig::kind) != Some("mysql") {
+            return Err((
+                "dead_letter.sink",
+                format!(
+                    "dead letters go to sink '{sink}', which is not a mysql sink; {hint}, so set dead_letter.sink to the pipeline's mysql sink"
+                ),
+            ));
+        }
+        if let Some((output, route)) = p.routes.iter().find(|(_, r)| r.sink != sink) {
+            return Err((
+                "routes",
+                format!(
+                    "output '{output}' goes to sink '{}' but dead letters go to '{sink}'; {hint}, so every output must go to that one sink",
+                    route.sink
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -557,6 +598,9 @@ impl Config {
                         format!("{} is not a folder", host.display()),
                     ));
                 }
+            }
+            if p.offsets == OffsetStore::Mysql {
+                self.check_one_mysql_sink(p).map_err(|(k, e)| (key(k), e))?;
             }
             // A plugin's versions are promoted per plugin, so its pipelines
             // must agree on how a new version takes over.

@@ -215,3 +215,35 @@ fn grants_engine_and_reload_mode() {
         "{e}"
     );
 }
+
+#[test]
+fn offsets_in_mysql_need_the_dead_letters_and_every_route_in_one_mysql_sink() {
+    let eo = |extra: &str| format!("{GOOD}offsets = \"mysql\"\n{extra}");
+    let c = parse(&eo("dead_letter = { sink = \"mysql\" }")).unwrap();
+    assert_eq!(c.pipelines[0].offsets, OffsetStore::Mysql);
+    assert_eq!(
+        parse(GOOD).unwrap().pipelines[0].offsets,
+        OffsetStore::Kafka
+    );
+
+    // Dead letters default to the only mongodb sink.
+    let e = error(&eo(""));
+    assert!(
+        e.contains("pipelines[0].dead_letter.sink: dead letters go to sink 'mongodb', which is not a mysql sink"),
+        "{e}"
+    );
+    let e = error(&eo(
+        "dead_letter = { sink = \"mysql\" }\nroutes.events = { sink = \"mongodb\" }",
+    ));
+    assert!(
+        e.contains("pipelines[0].routes: output 'events' goes to sink 'mongodb' but dead letters go to 'mysql'"),
+        "{e}"
+    );
+    let e = error(
+        &eo("dead_letter = { sink = \"mysql\" }").replace("\"mysql\"\ndead", "\"kafka2\"\ndead"),
+    );
+    assert!(
+        e.contains("pipelines[0].offsets: unknown variant `kafka2`"),
+        "{e}"
+    );
+}

@@ -14,14 +14,15 @@ mod transform;
 pub use stats::{Stats, StatsSnapshot};
 
 use crate::canary::BatchDiff;
-use crate::config::{Config, PipelineConfig, ReloadMode};
+use crate::config::{Config, OffsetStore, PipelineConfig, ReloadMode};
 use crate::dlq;
 use crate::router::{self, DeadLetterContext, Route, Routed, Routes, Stage};
 use crate::runtime::{CallError, Instance, Limits, PluginVersion, Registry};
 use crate::scheduler::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
-use crate::sink::{Row, SinkError, Sinks};
+use crate::sink::{Offsets, Partition, Row, SinkError, SinkTransaction, Sinks, Transactional};
 use crate::source::{Batch, KafkaSource, PartitionRange, headers};
 use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
 use sluice_plugin_sdk::abi::{BatchResult, BatchWriter, Headers, Record};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -197,7 +198,10 @@ impl Pipeline {
             let current = slice.as_mut().unwrap();
             // The batch in flight is finished even if shutdown arrives now;
             // only a sink outage during shutdown leaves it uncommitted.
-            let done = match self.process(&batch, &version, &mut shutdown, true).await {
+            let done = match self
+                .process(&batch, &version, &mut shutdown, Delivery::Follow)
+                .await
+            {
                 Ok(Some(done)) => done,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -270,7 +274,12 @@ impl Pipeline {
                 continue;
             }
             last_progress = Instant::now();
-            let Some(done) = self.process(&batch, version, shutdown, false).await? else {
+            let delivery = if commit {
+                Delivery::Run
+            } else {
+                Delivery::Rewrite
+            };
+            let Some(done) = self.process(&batch, version, shutdown, delivery).await? else {
                 unreachable!("a bounded run does not wait for sinks")
             };
             if commit {
@@ -316,7 +325,10 @@ impl Pipeline {
             let batch = Batch {
                 messages: chunk.to_vec(),
             };
-            let Some(done) = self.process(&batch, version, shutdown, false).await? else {
+            let Some(done) = self
+                .process(&batch, version, shutdown, Delivery::Rewrite)
+                .await?
+            else {
                 unreachable!("a replay does not wait for sinks")
             };
             totals.add(&batch, done);
@@ -348,17 +360,17 @@ impl Pipeline {
         ))
     }
 
-    /// Transforms and writes one batch. `persist`: retry sink errors until
-    /// they succeed (`Ok(None)` if shutdown came first, nothing written for
-    /// sure); otherwise the first sink error is returned.
+    /// Transforms and writes one batch. How sink errors and offsets are
+    /// handled depends on `delivery`. Returns `Ok(None)` if a continuous
+    /// pipeline was shut down before the batch was written.
     async fn process(
         &mut self,
         batch: &Batch,
         version: &Arc<PluginVersion>,
         shutdown: &mut watch::Receiver<bool>,
-        persist: bool,
+        delivery: Delivery,
     ) -> anyhow::Result<Option<BatchDone>> {
-        let started = Instant::now();
+        let persist = delivery == Delivery::Follow;
         let routes = match self.prepare(version, shutdown, persist).await {
             Ok(routes) => routes,
             Err(e) if persist && *shutdown.borrow() => {
@@ -368,10 +380,107 @@ impl Pipeline {
             Err(e) => return Err(e),
         };
         self.switch_to(version);
+        if delivery == Delivery::Rewrite || self.config.offsets == OffsetStore::Kafka {
+            let all: Vec<&OwnedMessage> = batch.messages.iter().collect();
+            return self
+                .transform_and_write(&all, version, &routes, shutdown, persist, None)
+                .await
+                .map(|written| written.map(Written::unwrap_done));
+        }
 
-        let records: Vec<Record> = batch.messages.iter().map(to_record).collect();
+        // Exactly-once: what the sink's offsets say is written is skipped,
+        // and the rest commits in one transaction with the new offsets,
+        // provided nobody moved them since they were read.
+        let store = routes.dead_letter.sink.transactional().ok_or_else(|| {
+            anyhow::anyhow!(
+                "pipeline '{}': offsets = \"mysql\" but sink '{}' has no transactions",
+                self.config.name,
+                routes.dead_letter.sink_name
+            )
+        })?;
+        let group = self.config.group_id();
+        let partitions: Vec<Partition> = batch.next_offsets().into_keys().collect();
+        loop {
+            let what = format!("pipeline '{}': reading offsets", self.config.name);
+            let read = || store.stored_offsets(&group, &partitions);
+            let stored = match attempt(&self.stats, shutdown, persist, &what, read).await {
+                Ok(stored) => stored,
+                Err(_) if persist => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let todo: Vec<&OwnedMessage> = batch
+                .messages
+                .iter()
+                .filter(|m| {
+                    stored
+                        .get(&(m.topic().to_string(), m.partition()))
+                        .is_none_or(|next| m.offset() >= *next)
+                })
+                .collect();
+            let skipped = batch.len() - todo.len();
+            if skipped > 0 {
+                Stats::add(&self.stats.already_written, skipped);
+                tracing::info!(pipeline = %self.config.name, skipped,
+                    "skipping records already written (offsets stored in sink '{}')", routes.dead_letter.sink_name);
+            }
+            if todo.is_empty() {
+                return Ok(Some(BatchDone {
+                    outputs: BTreeMap::new(),
+                    dead_letters: 0,
+                    already_written: skipped,
+                }));
+            }
+            // A batch behind the stored offsets must not move them back.
+            let mut next = batch.next_offsets();
+            for (partition, offset) in &mut next {
+                *offset = (*offset).max(stored.get(partition).copied().unwrap_or(0));
+            }
+            let exactly_once = ExactlyOnce {
+                store,
+                group: &group,
+                partitions: &partitions,
+                stored: &stored,
+                next,
+            };
+            match self
+                .transform_and_write(
+                    &todo,
+                    version,
+                    &routes,
+                    shutdown,
+                    persist,
+                    Some(exactly_once),
+                )
+                .await?
+            {
+                None => return Ok(None),
+                Some(Written::Done(mut done)) => {
+                    done.already_written = skipped;
+                    return Ok(Some(done));
+                }
+                Some(Written::Moved) => {
+                    tracing::warn!(pipeline = %self.config.name, ?partitions,
+                        "another consumer of the group wrote these partitions meanwhile; reading their offsets again");
+                }
+            }
+        }
+    }
+
+    /// Transforms `messages` and writes the outputs, directly or (with
+    /// `exactly_once`) in one transaction with the offsets.
+    async fn transform_and_write(
+        &mut self,
+        messages: &[&OwnedMessage],
+        version: &Arc<PluginVersion>,
+        routes: &Routes,
+        shutdown: &mut watch::Receiver<bool>,
+        persist: bool,
+        exactly_once: Option<ExactlyOnce<'_>>,
+    ) -> anyhow::Result<Option<Written>> {
+        let started = Instant::now();
+        let records: Vec<Record> = messages.iter().map(|m| to_record(m)).collect();
         let pack = |range: std::ops::Range<usize>| {
-            let messages = &batch.messages[range.clone()];
+            let messages = &messages[range.clone()];
             let size = messages
                 .iter()
                 .map(|m| m.payload().map_or(0, <[u8]>::len) + 64);
@@ -398,7 +507,7 @@ impl Pipeline {
             pipeline: &self.config.name,
             plugin: version,
         };
-        let mut routed = router::route(&records, transformed.result, &routes, &ctx);
+        let mut routed = router::route(&records, transformed.result, routes, &ctx);
         for (i, reason) in &transformed.trapped {
             routed
                 .dead_letters
@@ -409,14 +518,26 @@ impl Pipeline {
         }
 
         let what = format!("pipeline '{}': writing batch", self.config.name);
-        let write = || write_all(&routes, &routed, &records, &ctx);
-        let refused = if persist {
-            match retry(&self.stats, shutdown, &what, write).await {
-                Ok(refused) => refused,
-                Err(_) => return Ok(None),
+        let write = || async {
+            let Some(eo) = &exactly_once else {
+                return write_all(routes, &routed, &records, &ctx, &mut Writes::Direct)
+                    .await
+                    .map(Some);
+            };
+            let (mut tx, locked) = eo.store.begin(eo.group, eo.partitions).await?;
+            if locked != *eo.stored {
+                return Ok(None);
             }
-        } else {
-            write().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+            let writes = &mut Writes::Transaction(&mut *tx);
+            let refused = write_all(routes, &routed, &records, &ctx, writes).await?;
+            tx.commit(&eo.next).await?;
+            Ok(Some(refused))
+        };
+        let refused = match attempt(&self.stats, shutdown, persist, &what, write).await {
+            Ok(Some(refused)) => refused,
+            Ok(None) => return Ok(Some(Written::Moved)),
+            Err(_) if persist => return Ok(None),
+            Err(e) => return Err(e),
         };
         if let Some(shadow) = shadow {
             self.finish_shadow(shadow, &records, &routed).await;
@@ -432,15 +553,16 @@ impl Pipeline {
         let done = BatchDone {
             outputs,
             dead_letters: routed.dead_letters.len() + refused.len(),
+            already_written: 0,
         };
         let written: usize = done.outputs.values().sum();
         Stats::add(&self.stats.batches, 1);
-        Stats::add(&self.stats.records_in, batch.len());
+        Stats::add(&self.stats.records_in, records.len());
         Stats::add(&self.stats.rows_written, written);
         Stats::add(&self.stats.dead_letters, done.dead_letters);
-        tracing::debug!(pipeline = %self.config.name, records = batch.len(), rows = written,
+        tracing::debug!(pipeline = %self.config.name, records = records.len(), rows = written,
             dead_letters = done.dead_letters, transform_ms, ms = started.elapsed().as_millis() as u64, "batch done");
-        Ok(Some(done))
+        Ok(Some(Written::Done(done)))
     }
 
     /// Starts the plugin's canary on the same batch, if one is running.
@@ -575,12 +697,54 @@ impl Pipeline {
 pub struct BatchDone {
     pub outputs: BTreeMap<String, usize>,
     pub dead_letters: usize,
+    /// Records skipped because the sink's stored offsets say they were
+    /// written before (`offsets = "mysql"`).
+    pub already_written: usize,
+}
+
+/// What `transform_and_write` did.
+enum Written {
+    Done(BatchDone),
+    /// Exactly-once: another consumer moved the offsets since they were
+    /// read; nothing was written.
+    Moved,
+}
+
+impl Written {
+    fn unwrap_done(self) -> BatchDone {
+        match self {
+            Written::Done(done) => done,
+            Written::Moved => unreachable!("only exactly-once writes check the offsets"),
+        }
+    }
+}
+
+/// How `process` treats a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// A continuous pipeline: sink errors are retried until they succeed.
+    Follow,
+    /// A scheduled or manual run: the first sink error fails the run.
+    Run,
+    /// A backfill or a dead-letter replay: records already processed are
+    /// processed again, and no offset is stored.
+    Rewrite,
+}
+
+/// Exactly-once: the batch commits with its offsets if they are still
+/// `stored` when the transaction locks them.
+struct ExactlyOnce<'a> {
+    store: &'a dyn Transactional,
+    group: &'a str,
+    partitions: &'a [Partition],
+    stored: &'a Offsets,
+    next: Offsets,
 }
 
 impl RunTotals {
     /// Adds a written batch: its counts and its offsets.
     pub fn add(&mut self, batch: &Batch, done: BatchDone) {
-        self.records_in += batch.len() as u64;
+        self.records_in += (batch.len() - done.already_written) as u64;
         self.dead_letters += done.dead_letters as u64;
         for (output, n) in done.outputs {
             *self.outputs.entry(output).or_default() += n as u64;
@@ -665,6 +829,22 @@ impl Slice {
     }
 }
 
+/// Where a batch's writes go: to each route's sink, or into one
+/// transaction that also stores the offsets.
+enum Writes<'a> {
+    Direct,
+    Transaction(&'a mut dyn SinkTransaction),
+}
+
+impl Writes<'_> {
+    async fn write(&mut self, route: &Route, rows: &[Row]) -> Result<(), SinkError> {
+        match self {
+            Writes::Direct => route.write(rows).await,
+            Writes::Transaction(tx) => tx.write(&route.target, &route.decl, rows).await,
+        }
+    }
+}
+
 /// All writes of one batch. Safe to repeat: every write is an upsert.
 /// A row the database refuses for its own sake (constraint, type, size)
 /// becomes a dead letter with the database's reason, and the rest is
@@ -675,12 +855,13 @@ async fn write_all(
     routed: &Routed,
     records: &[Record<'_>],
     ctx: &DeadLetterContext<'_>,
+    writes: &mut Writes<'_>,
 ) -> Result<Vec<String>, SinkError> {
     let mut refused = Vec::new();
     let mut letters = Vec::new();
     for (output, rows) in &routed.rows {
         let route = &routes.outputs[output];
-        for (i, reason) in write_isolating(route, rows).await? {
+        for (i, reason) in write_isolating(route, rows, writes).await? {
             let record = &records[routed.sources[output][i]];
             let reason = format!(
                 "sink '{}' refused output '{output}' (id {}) in {}: {reason}",
@@ -690,18 +871,24 @@ async fn write_all(
             refused.push(output.clone());
         }
     }
-    routes.dead_letter.write(&routed.dead_letters).await?;
+    writes
+        .write(&routes.dead_letter, &routed.dead_letters)
+        .await?;
     if let Some(first) = letters.first() {
         tracing::warn!(pipeline = %ctx.pipeline, refused = letters.len(),
             "rows refused by the database went to dead letters; first: {}", first.fields["reason"]);
-        routes.dead_letter.write(&letters).await?;
+        writes.write(&routes.dead_letter, &letters).await?;
     }
     Ok(refused)
 }
 
 /// Writes `rows`, halving around refused ones until each stands alone;
 /// returns those (index, the database's reason).
-async fn write_isolating(route: &Route, rows: &[Row]) -> Result<Vec<(usize, String)>, SinkError> {
+async fn write_isolating(
+    route: &Route,
+    rows: &[Row],
+    writes: &mut Writes<'_>,
+) -> Result<Vec<(usize, String)>, SinkError> {
     let mut refused = Vec::new();
     let mut pending = Vec::new();
     pending.push(0..rows.len());
@@ -709,7 +896,7 @@ async fn write_isolating(route: &Route, rows: &[Row]) -> Result<Vec<(usize, Stri
         if range.is_empty() {
             continue;
         }
-        match route.write(&rows[range.clone()]).await {
+        match writes.write(route, &rows[range.clone()]).await {
             Ok(()) => {}
             Err(SinkError::Refused(reason)) if range.len() == 1 => {
                 refused.push((range.start, reason))
@@ -723,6 +910,26 @@ async fn write_isolating(route: &Route, rows: &[Row]) -> Result<Vec<(usize, Stri
         }
     }
     Ok(refused)
+}
+
+/// Runs `op` once (`persist` false: the error is returned), or retries it
+/// until it succeeds or shutdown (then the error is returned).
+async fn attempt<T, F, Fut>(
+    stats: &Stats,
+    shutdown: &mut watch::Receiver<bool>,
+    persist: bool,
+    what: &str,
+    op: F,
+) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SinkError>>,
+{
+    if persist {
+        retry(stats, shutdown, what, op).await
+    } else {
+        op().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    }
 }
 
 /// Retries `op` with capped exponential backoff until it succeeds or

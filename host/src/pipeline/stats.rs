@@ -11,6 +11,9 @@ pub struct Stats {
     pub rows_written: AtomicU64,
     pub dead_letters: AtomicU64,
     pub sink_retries: AtomicU64,
+    /// Records skipped because the sink's stored offsets say they were
+    /// written before (`offsets = "mysql"`).
+    pub already_written: AtomicU64,
     /// Batches whose whole-batch plugin call failed and were split.
     pub failing_batches: AtomicU64,
     /// Why the pipeline is paused (plugin removed or quarantined), if it is.
@@ -36,6 +39,7 @@ pub struct StatsSnapshot {
     pub rows_written: u64,
     pub dead_letters: u64,
     pub sink_retries: u64,
+    pub already_written: u64,
 }
 
 impl Stats {
@@ -46,6 +50,7 @@ impl Stats {
             rows_written: self.rows_written.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             sink_retries: self.sink_retries.load(Relaxed),
+            already_written: self.already_written.load(Relaxed),
         }
     }
 

@@ -61,6 +61,54 @@ pub trait Sink: Send + Sync {
 
     /// Deletes the rows of `target` with these ids (text primary keys).
     async fn delete(&self, target: &str, decl: &Output, ids: &[String]) -> Result<(), SinkError>;
+
+    /// Closes the connections; called once the host stopped using the sink.
+    async fn close(&self) {}
+
+    /// The sink's transactions over several targets and the consumer
+    /// offsets, if the database has them (MySQL).
+    fn transactional(&self) -> Option<&dyn Transactional> {
+        None
+    }
+}
+
+/// A Kafka partition: (topic, partition).
+pub type Partition = (String, i32);
+/// The next offset to consume, per partition.
+pub type Offsets = BTreeMap<Partition, i64>;
+
+/// A database that stores a consumer group's offsets beside the rows, so a
+/// batch's rows and its offsets commit together: exactly-once, whatever
+/// the writes are.
+#[async_trait::async_trait]
+pub trait Transactional: Send + Sync {
+    /// The offsets stored for `group`, of these partitions; a partition
+    /// never stored is absent.
+    async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[Partition],
+    ) -> Result<Offsets, SinkError>;
+
+    /// Starts a transaction that locks `group`'s offsets of `partitions`
+    /// (another writer of them waits) and returns them as stored.
+    async fn begin(
+        &self,
+        group: &str,
+        partitions: &[Partition],
+    ) -> Result<(Box<dyn SinkTransaction>, Offsets), SinkError>;
+}
+
+/// Writes that become visible together, with the offsets, at `commit`;
+/// dropped without `commit`, nothing is written.
+#[async_trait::async_trait]
+pub trait SinkTransaction: Send {
+    /// Upserts `rows` into `target`. A refused write leaves the
+    /// transaction as it was before the call.
+    async fn write(&mut self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError>;
+
+    /// Stores `next` as the group's offsets and commits.
+    async fn commit(self: Box<Self>, next: &Offsets) -> Result<(), SinkError>;
 }
 
 /// Every configured sink, by name.

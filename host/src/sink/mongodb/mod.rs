@@ -50,6 +50,18 @@ impl Sink for MongoSink {
         self.command(doc! { "ping": 1 }).await.map(drop)
     }
 
+    /// Stops the driver's pool workers before the runtime goes: a worker
+    /// dropped by the runtime mid-request panics (mongo-rust-driver #847).
+    async fn close(&self) {
+        let shutdown = self.db.client().clone().shutdown();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), shutdown)
+            .await
+            .is_err()
+        {
+            tracing::warn!("MongoDB client did not shut down within 5s");
+        }
+    }
+
     async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
         let existing = self.db.list_collection_names().await.map_err(classify)?;
         if !existing.iter().any(|c| c == target) {

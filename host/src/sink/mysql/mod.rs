@@ -3,7 +3,7 @@
 
 mod ddl;
 
-use super::{Row, Sink, SinkError};
+use super::{Offsets, Partition, Row, Sink, SinkError, SinkTransaction, Transactional};
 use serde_json::Value;
 use sluice_plugin_sdk::schema::{Output, Type};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -17,6 +17,8 @@ const MAX_STATEMENT_BYTES: usize = 4 << 20;
 
 pub struct MysqlSink {
     pool: MySqlPool,
+    /// Created on first use by an `offsets = "mysql"` pipeline.
+    offsets_table: tokio::sync::OnceCell<()>,
 }
 
 impl MysqlSink {
@@ -26,7 +28,10 @@ impl MysqlSink {
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(url)
             .map_err(|e| SinkError::Unavailable(format!("invalid MySQL URL: {e}")))?;
-        Ok(MysqlSink { pool })
+        Ok(MysqlSink {
+            pool,
+            offsets_table: tokio::sync::OnceCell::new(),
+        })
     }
 }
 
@@ -124,29 +129,175 @@ impl Sink for MysqlSink {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let per_row = decl.fields.len().max(1);
-        let mut start = 0;
-        while start < rows.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < rows.len()
-                && (end - start + 1) * per_row <= MAX_PARAMS
-                && bytes < MAX_STATEMENT_BYTES
-            {
-                bytes += rows[end].fields.values().map(approx_size).sum::<usize>();
-                end += 1;
-            }
-            let mut statement = upsert(target, decl, &rows[start..end]);
-            statement
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            start = end;
-        }
+        upsert_all(&mut tx, target, decl, rows).await?;
         tx.commit().await.map_err(classify)?;
         Ok(())
     }
+
+    fn transactional(&self) -> Option<&dyn Transactional> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Transactional for MysqlSink {
+    async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[Partition],
+    ) -> Result<Offsets, SinkError> {
+        self.offsets_table().await?;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        read_offsets(&mut conn, group, partitions, false).await
+    }
+
+    async fn begin(
+        &self,
+        group: &str,
+        partitions: &[Partition],
+    ) -> Result<(Box<dyn SinkTransaction>, Offsets), SinkError> {
+        self.offsets_table().await?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let stored = read_offsets(&mut tx, group, partitions, true).await?;
+        let tx = MysqlTransaction {
+            tx,
+            group: group.to_string(),
+        };
+        Ok((Box::new(tx), stored))
+    }
+}
+
+/// Where `offsets = "mysql"` pipelines keep their consumer offsets.
+pub const OFFSETS_TABLE: &str = "sluice_offsets";
+
+impl MysqlSink {
+    async fn offsets_table(&self) -> Result<(), SinkError> {
+        self.offsets_table
+            .get_or_try_init(|| async {
+                let ddl = format!(
+                    "CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+  group_id VARCHAR(255) NOT NULL,
+  topic VARCHAR(255) NOT NULL,
+  kafka_partition INT NOT NULL,
+  next_offset BIGINT NOT NULL,
+  updated_at DATETIME(6) NOT NULL,
+  PRIMARY KEY (group_id, topic, kafka_partition)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(ddl))
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(classify)
+            })
+            .await
+            .copied()
+    }
+}
+
+async fn read_offsets(
+    conn: &mut sqlx::MySqlConnection,
+    group: &str,
+    partitions: &[Partition],
+    lock: bool,
+) -> Result<Offsets, SinkError> {
+    use sqlx::Row as _;
+    let mut offsets = Offsets::new();
+    if partitions.is_empty() {
+        return Ok(offsets);
+    }
+    let mut q = QueryBuilder::<MySql>::new(format!(
+        "SELECT topic, kafka_partition, next_offset FROM {OFFSETS_TABLE} WHERE group_id = "
+    ));
+    q.push_bind(group);
+    q.push(" AND (topic, kafka_partition) IN (");
+    let mut list = q.separated(", ");
+    for (topic, partition) in partitions {
+        list.push("(");
+        list.push_bind_unseparated(topic);
+        list.push_unseparated(", ");
+        list.push_bind_unseparated(partition);
+        list.push_unseparated(")");
+    }
+    q.push(")");
+    if lock {
+        q.push(" FOR UPDATE");
+    }
+    for row in q.build().fetch_all(&mut *conn).await.map_err(classify)? {
+        let read = || -> Result<_, sqlx::Error> {
+            Ok((
+                (row.try_get::<String, _>(0)?, row.try_get::<i32, _>(1)?),
+                row.try_get::<i64, _>(2)?,
+            ))
+        };
+        let (partition, next) =
+            read().map_err(|e| SinkError::Unavailable(format!("MySQL: {OFFSETS_TABLE}: {e}")))?;
+        offsets.insert(partition, next);
+    }
+    Ok(offsets)
+}
+
+/// One batch's writes and its offsets; rolled back if dropped uncommitted.
+struct MysqlTransaction {
+    tx: sqlx::Transaction<'static, MySql>,
+    group: String,
+}
+
+#[async_trait::async_trait]
+impl SinkTransaction for MysqlTransaction {
+    async fn write(&mut self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
+        // InnoDB rolls back only the failing statement: a refused write
+        // leaves the rest of the transaction as it was.
+        upsert_all(&mut self.tx, target, decl, rows).await
+    }
+
+    async fn commit(mut self: Box<Self>, next: &Offsets) -> Result<(), SinkError> {
+        if !next.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new(format!(
+                "INSERT INTO {OFFSETS_TABLE} (group_id, topic, kafka_partition, next_offset, updated_at) "
+            ));
+            q.push_values(next, |mut b, ((topic, partition), offset)| {
+                b.push_bind(&self.group)
+                    .push_bind(topic)
+                    .push_bind(partition)
+                    .push_bind(offset)
+                    .push("UTC_TIMESTAMP(6)");
+            });
+            q.push(" ON DUPLICATE KEY UPDATE next_offset = VALUES(next_offset), updated_at = VALUES(updated_at)");
+            q.build().execute(&mut *self.tx).await.map_err(classify)?;
+        }
+        self.tx.commit().await.map_err(classify)
+    }
+}
+
+/// Upserts `rows` in as few statements as the placeholder and packet
+/// limits allow.
+async fn upsert_all(
+    conn: &mut sqlx::MySqlConnection,
+    target: &str,
+    decl: &Output,
+    rows: &[Row],
+) -> Result<(), SinkError> {
+    let per_row = decl.fields.len().max(1);
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len()
+            && (end - start + 1) * per_row <= MAX_PARAMS
+            && bytes < MAX_STATEMENT_BYTES
+        {
+            bytes += rows[end].fields.values().map(approx_size).sum::<usize>();
+            end += 1;
+        }
+        upsert(target, decl, &rows[start..end])
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        start = end;
+    }
+    Ok(())
 }
 
 fn upsert(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
