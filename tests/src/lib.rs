@@ -305,6 +305,24 @@ pub async fn count_rows(pool: &sqlx::MySqlPool, table: &str) -> (i64, i64) {
     .unwrap()
 }
 
+/// Makes MySQL refuse orders whose total is `cap` or more (the CHECK
+/// constraint `total_cap`), or accept every order again (`None`).
+pub async fn cap_totals(pool: &sqlx::MySqlPool, table: &str, cap: Option<u32>) {
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE `{table}` DROP CONSTRAINT IF EXISTS total_cap"
+    )))
+    .execute(pool)
+    .await;
+    if let Some(cap) = cap {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE `{table}` ADD CONSTRAINT total_cap CHECK (total < {cap})"
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
 /// Polls `condition` until it holds; fails the test after `limit`.
 pub async fn wait_for<F, Fut>(limit: Duration, mut condition: F)
 where

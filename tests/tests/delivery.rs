@@ -28,12 +28,7 @@ async fn a_row_the_database_refuses_is_a_dead_letter_with_its_reason_and_the_res
     let stats = host.stats[&pipeline].clone();
     // The table exists now; the database refuses orders of 250 or more.
     let pool = mysql().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE `{table}` ADD CONSTRAINT total_cap CHECK (total < 250)"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    cap_totals(&pool, &table, Some(250)).await;
     let running = run_host(host);
 
     // Totals are (i % 300) + 0.25: i % 300 >= 250 is refused, 100 of 600.
@@ -97,25 +92,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_database_accepts_them() {
     let host = Host::start(Config::load(&config).unwrap()).await.unwrap();
     let ledger = host.ledger.clone();
     let pool = mysql().await;
-    let constrain = |cap: Option<u32>| {
-        let (pool, table) = (pool.clone(), table.clone());
-        async move {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "ALTER TABLE `{table}` DROP CONSTRAINT total_cap"
-            )))
-            .execute(&pool)
-            .await;
-            if let Some(cap) = cap {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "ALTER TABLE `{table}` ADD CONSTRAINT total_cap CHECK (total < {cap})"
-                )))
-                .execute(&pool)
-                .await
-                .unwrap();
-            }
-        }
-    };
-    constrain(Some(250)).await;
+    cap_totals(&pool, &table, Some(250)).await;
     let running = run_host(host);
     produce(
         &producer(),
@@ -143,7 +120,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_database_accepts_them() {
     assert_eq!(letters.len(), 100);
 
     // The cap rises to 275: of ten replayed, the five under it go through.
-    constrain(Some(275)).await;
+    cap_totals(&pool, &table, Some(275)).await;
     let pick = |range: std::ops::Range<usize>| -> Vec<String> {
         letters
             .iter()
@@ -184,7 +161,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_database_accepts_them() {
     assert_eq!(documents(&dead_letters).await.len(), 95);
 
     // The constraint gone, one replay of everything empties the queue.
-    constrain(None).await;
+    cap_totals(&pool, &table, None).await;
     let run = replayed(vec!["dlq", "replay", pipeline.as_str()]).await;
     println!("{:?}", run.note);
     assert_eq!(count_rows(&pool, &table).await, (600, 600));

@@ -94,12 +94,7 @@ async fn a_batch_commits_with_its_offsets_and_is_never_written_twice_even_when_k
     // The database refuses orders of 250 or more: their dead letters are
     // part of the same transaction as the rows.
     let pool = mysql().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER TABLE `{table}` ADD CONSTRAINT total_cap CHECK (total < 250)"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    cap_totals(&pool, &table, Some(250)).await;
     let running = run_host(host);
 
     // 600 orders, 100 of them refused (totals are (i % 300) + 0.25), and a

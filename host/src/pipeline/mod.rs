@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// What a degraded pipeline reports while its offset commits fail.
+const COMMITTING: &str = "committing offsets";
 /// A bounded run that gets no record for this long fails (and is retried).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -122,14 +124,7 @@ impl Pipeline {
             .map_err(anyhow::Error::msg)?;
         let routes = Arc::new(routes);
         let what = format!("pipeline '{}': preparing sinks", self.config.name);
-        if persist {
-            retry(&self.stats, shutdown, &what, || routes.prepare()).await?;
-        } else {
-            routes
-                .prepare()
-                .await
-                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
-        }
+        attempt(&self.stats, shutdown, persist, &what, || routes.prepare()).await?;
         self.routes = Some((version.hash.clone(), routes.clone()));
         Ok(routes)
     }
@@ -150,6 +145,7 @@ impl Pipeline {
         )?;
         tracing::info!(pipeline = %name, topics = ?self.config.topics, group = %self.config.group_id(), "pipeline started (continuous)");
         let mut slice: Option<Slice> = None;
+        let mut last_commit = Instant::now();
         let result = loop {
             if *shutdown.borrow() {
                 break Ok(());
@@ -180,6 +176,11 @@ impl Pipeline {
                 _ = shutdown.changed() => break Ok(()),
             };
             if batch.is_empty() {
+                if source.has_uncommitted() && last_commit.elapsed() >= Duration::from_secs(1) {
+                    last_commit = Instant::now();
+                    let result = source.commit_pending().await;
+                    self.committed(result);
+                }
                 // An idle pipeline still closes its ledger run on time.
                 if slice
                     .as_ref()
@@ -206,16 +207,9 @@ impl Pipeline {
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             };
-            let commit = || async {
-                source
-                    .commit(&batch)
-                    .await
-                    .map_err(|e| SinkError::Unavailable(format!("{e:#}")))
-            };
-            let what = format!("pipeline '{name}': committing offsets");
-            if let Err(e) = retry(&self.stats, &mut shutdown, &what, commit).await {
-                break Err(e);
-            }
+            last_commit = Instant::now();
+            let result = source.commit(&batch).await;
+            self.committed(result);
             source.advance(&batch);
             current.totals.add(&batch, done);
             let schedule = &self.config.schedule;
@@ -230,6 +224,28 @@ impl Pipeline {
         }
         tracing::info!(pipeline = %name, stats = ?self.stats.snapshot(), "pipeline stopped");
         result
+    }
+
+    /// Reports an offset commit of a continuous pipeline. A failed one is
+    /// not retried in place: a consumer that stops polling cannot rejoin
+    /// its group after a broker restart or a rebalance, so the commit would
+    /// keep failing. The offsets go with the next commit; until then a
+    /// restart replays the batch, which the upserts absorb.
+    fn committed(&self, result: anyhow::Result<()>) {
+        let name = &self.config.name;
+        match result {
+            Ok(()) => {
+                if self.stats.clear_degraded(COMMITTING) {
+                    tracing::info!(pipeline = %name, "offsets committed again");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %name, "{e:#}; retried with the next commit (the batch is written)");
+                let at = chrono::Utc::now().format("%H:%M:%S");
+                self.stats
+                    .set_degraded(format!("{COMMITTING}: {e:#} (last failure {at})"));
+            }
+        }
     }
 
     /// Processes exactly `ranges` with one plugin version and stops. Commits
@@ -912,8 +928,10 @@ async fn write_isolating(
     Ok(refused)
 }
 
-/// Runs `op` once (`persist` false: the error is returned), or retries it
-/// until it succeeds or shutdown (then the error is returned).
+/// Runs `op` once (`persist` false: its error is returned), or retries it
+/// with capped exponential backoff until it succeeds or shutdown is
+/// requested: a continuous pipeline never gives up on its own, so data is
+/// not dropped.
 async fn attempt<T, F, Fut>(
     stats: &Stats,
     shutdown: &mut watch::Receiver<bool>,
@@ -925,25 +943,9 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
-    if persist {
-        retry(stats, shutdown, what, op).await
-    } else {
-        op().await.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    if !persist {
+        return op().await.map_err(|e| anyhow::anyhow!("{what}: {e}"));
     }
-}
-
-/// Retries `op` with capped exponential backoff until it succeeds or
-/// shutdown is requested. Never gives up on its own: data is not dropped.
-async fn retry<T, F, Fut>(
-    stats: &Stats,
-    shutdown: &mut watch::Receiver<bool>,
-    what: &str,
-    op: F,
-) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, SinkError>>,
-{
     let mut backoff = Duration::from_millis(200);
     let since = chrono::Utc::now();
     loop {
@@ -959,7 +961,7 @@ where
             }
             Err(e) => {
                 Stats::add(&stats.sink_retries, 1);
-                *stats.degraded.lock().unwrap() = Some(format!(
+                stats.set_degraded(format!(
                     "{what}: {e} (failing since {})",
                     since.format("%H:%M:%S")
                 ));

@@ -62,6 +62,21 @@ impl Stats {
         changed
     }
 
+    /// Marks the pipeline degraded: `why` keeps failing while retried.
+    pub(crate) fn set_degraded(&self, why: String) {
+        *self.degraded.lock().unwrap() = Some(why);
+    }
+
+    /// Clears the degraded mark if it is about `what`; true if it was.
+    pub(crate) fn clear_degraded(&self, what: &str) -> bool {
+        let mut degraded = self.degraded.lock().unwrap();
+        let about = degraded.as_ref().is_some_and(|d| d.contains(what));
+        if about {
+            *degraded = None;
+        }
+        about
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
     }

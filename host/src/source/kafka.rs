@@ -70,6 +70,8 @@ pub struct KafkaSource {
     positions: HashMap<Tp, i64>,
     /// Bounded runs by time (backfills): `[from, to)` in ms.
     window: Option<(i64, i64)>,
+    /// Offsets processed whose commit failed: sent with the next commit.
+    uncommitted: BTreeMap<Tp, i64>,
 }
 
 /// Client settings shared by every consumer of a group.
@@ -119,6 +121,7 @@ impl KafkaSource {
             ends: None,
             positions: HashMap::new(),
             window: None,
+            uncommitted: BTreeMap::new(),
         })
     }
 
@@ -150,6 +153,7 @@ impl KafkaSource {
             ends: Some(ends),
             positions,
             window,
+            uncommitted: BTreeMap::new(),
         })
     }
 
@@ -309,21 +313,44 @@ impl KafkaSource {
             .is_some_and(|end| m.offset() < *end)
     }
 
-    /// Commits the batch's offsets synchronously. Call only after every sink
-    /// acknowledged the batch's writes.
-    pub async fn commit(&self, batch: &Batch) -> anyhow::Result<()> {
-        let next = batch.next_offsets();
-        if next.is_empty() {
+    /// Commits the batch's offsets synchronously, with those of earlier
+    /// batches whose commit failed. Call only after every sink acknowledged
+    /// the batch's writes. On failure the offsets are kept for the next
+    /// commit (commits are cumulative), so the caller may go on consuming.
+    pub async fn commit(&mut self, batch: &Batch) -> anyhow::Result<()> {
+        for (tp, next) in batch.next_offsets() {
+            let e = self.uncommitted.entry(tp).or_insert(next);
+            *e = (*e).max(next);
+        }
+        self.commit_pending().await
+    }
+
+    /// True while offsets whose commit failed wait for the next one.
+    pub fn has_uncommitted(&self) -> bool {
+        !self.uncommitted.is_empty()
+    }
+
+    /// Commits the offsets whose commit failed before, if any.
+    pub async fn commit_pending(&mut self) -> anyhow::Result<()> {
+        // Partitions taken away by a rebalance are the new owner's to commit.
+        if let Ok(assigned) = self.consumer.assignment() {
+            self.uncommitted.retain(|(topic, partition), _| {
+                assigned.find_partition(topic, *partition).is_some()
+            });
+        }
+        if self.uncommitted.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
+        for ((topic, partition), offset) in &self.uncommitted {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await?
-            .map_err(|e| anyhow::anyhow!("kafka: offset commit failed (batch will be re-delivered; writes are idempotent): {e}"))
+            .map_err(|e| anyhow::anyhow!("kafka: offset commit failed: {e}"))?;
+        self.uncommitted.clear();
+        Ok(())
     }
 
     /// Records that a batch was fully processed; a bounded source stops
