@@ -435,11 +435,11 @@ impl Pipeline {
                 .collect();
             let skipped = batch.len() - todo.len();
             if skipped > 0 {
-                Stats::add(&self.stats.already_written, skipped);
                 tracing::info!(pipeline = %self.config.name, skipped,
                     "skipping records already written (offsets stored in sink '{}')", routes.dead_letter.sink_name);
             }
             if todo.is_empty() {
+                Stats::add(&self.stats.already_written, skipped);
                 return Ok(Some(BatchDone {
                     outputs: BTreeMap::new(),
                     dead_letters: 0,
@@ -471,6 +471,7 @@ impl Pipeline {
             {
                 None => return Ok(None),
                 Some(Written::Done(mut done)) => {
+                    Stats::add(&self.stats.already_written, skipped);
                     done.already_written = skipped;
                     return Ok(Some(done));
                 }
