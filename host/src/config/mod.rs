@@ -518,7 +518,12 @@ impl Config {
     /// written in one transaction, so they must all go to one MySQL sink.
     /// Returns the pipeline key that breaks it.
     fn check_one_mysql_sink(&self, p: &PipelineConfig) -> Result<(), (&'static str, String)> {
-        let (sink, _) = crate::router::dead_letter_sink(self, p).map_err(|e| ("dead_letter", e))?;
+        let (sink, _) = crate::router::dead_letter_sink(self, p).map_err(|_| {
+            (
+                "dead_letter.sink",
+                "no sink for dead letters; set dead_letter.sink".to_string(),
+            )
+        })?;
         let hint = "offsets = \"mysql\" writes the rows, the dead letters and the offsets in one MySQL transaction";
         if self.sinks.get(&sink).map(SinkConfig::kind) != Some("mysql") {
             return Err((

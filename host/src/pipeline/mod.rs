@@ -415,7 +415,8 @@ impl Pipeline {
             )
         })?;
         let group = self.config.group_id();
-        let partitions: Vec<Partition> = batch.next_offsets().into_keys().collect();
+        let batch_next = batch.next_offsets();
+        let partitions: Vec<Partition> = batch_next.keys().cloned().collect();
         loop {
             let what = format!("pipeline '{}': reading offsets", self.config.name);
             let read = || store.stored_offsets(&group, &partitions);
@@ -438,48 +439,44 @@ impl Pipeline {
                 tracing::info!(pipeline = %self.config.name, skipped,
                     "skipping records already written (offsets stored in sink '{}')", routes.dead_letter.sink_name);
             }
-            if todo.is_empty() {
-                Stats::add(&self.stats.already_written, skipped);
-                return Ok(Some(BatchDone {
-                    outputs: BTreeMap::new(),
-                    dead_letters: 0,
-                    already_written: skipped,
-                }));
-            }
-            // A batch behind the stored offsets must not move them back.
-            let mut next = batch.next_offsets();
-            for (partition, offset) in &mut next {
-                *offset = (*offset).max(stored.get(partition).copied().unwrap_or(0));
-            }
-            let exactly_once = ExactlyOnce {
-                store,
-                group: &group,
-                partitions: &partitions,
-                stored: &stored,
-                next,
+            let mut done = if todo.is_empty() {
+                BatchDone::default()
+            } else {
+                // A batch behind the stored offsets must not move them back.
+                let mut next = batch_next.clone();
+                for (partition, offset) in &mut next {
+                    *offset = (*offset).max(stored.get(partition).copied().unwrap_or(0));
+                }
+                let exactly_once = ExactlyOnce {
+                    store,
+                    group: &group,
+                    partitions: &partitions,
+                    stored: &stored,
+                    next,
+                };
+                let written = self
+                    .transform_and_write(
+                        &todo,
+                        version,
+                        &routes,
+                        shutdown,
+                        persist,
+                        Some(exactly_once),
+                    )
+                    .await?;
+                match written {
+                    None => return Ok(None),
+                    Some(Written::Done(done)) => done,
+                    Some(Written::Moved) => {
+                        tracing::warn!(pipeline = %self.config.name, ?partitions,
+                            "another consumer of the group wrote these partitions meanwhile; reading their offsets again");
+                        continue;
+                    }
+                }
             };
-            match self
-                .transform_and_write(
-                    &todo,
-                    version,
-                    &routes,
-                    shutdown,
-                    persist,
-                    Some(exactly_once),
-                )
-                .await?
-            {
-                None => return Ok(None),
-                Some(Written::Done(mut done)) => {
-                    Stats::add(&self.stats.already_written, skipped);
-                    done.already_written = skipped;
-                    return Ok(Some(done));
-                }
-                Some(Written::Moved) => {
-                    tracing::warn!(pipeline = %self.config.name, ?partitions,
-                        "another consumer of the group wrote these partitions meanwhile; reading their offsets again");
-                }
-            }
+            Stats::add(&self.stats.already_written, skipped);
+            done.already_written = skipped;
+            return Ok(Some(done));
         }
     }
 
@@ -711,6 +708,7 @@ impl Pipeline {
 }
 
 /// What one batch wrote.
+#[derive(Default)]
 pub struct BatchDone {
     pub outputs: BTreeMap<String, usize>,
     pub dead_letters: usize,

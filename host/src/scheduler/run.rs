@@ -206,7 +206,8 @@ async fn attempt_once(
                 )
                 .await?
             }
-            (Work::Pending | Work::Replay { .. }, planned) => {
+            (Work::Replay { .. }, _) => unreachable!("a replay returned above"),
+            (Work::Pending, planned) => {
                 let mut ranges = KafkaSource::pending(kafka, &group, topics).await?;
                 // A retry finishes the original range: newer records belong
                 // to the next run.

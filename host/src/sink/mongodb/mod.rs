@@ -130,10 +130,8 @@ impl Sink for MongoSink {
         if ids.is_empty() {
             return Ok(());
         }
-        let delete = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
-        self.command(doc! { "delete": target, "deletes": [delete], "ordered": true })
-            .await
-            .map(drop)
+        let ids = ids.iter().map(|id| Bson::String(id.clone())).collect();
+        self.delete_ids(target, ids).await
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
@@ -174,9 +172,7 @@ impl MongoSink {
         let replacements: Vec<Document> = existing.iter().map(|&i| documents[i].clone()).collect();
         // Delete then insert, not atomic: if the process dies in between, the
         // batch is uncommitted and replays, and the insert happens then.
-        let delete = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
-        self.command(doc! { "delete": target, "deletes": [delete], "ordered": true })
-            .await?;
+        self.delete_ids(target, ids).await?;
         let still = self.insert(target, &replacements).await?;
         if still.is_empty() {
             Ok(())
@@ -186,6 +182,14 @@ impl MongoSink {
                 still.len()
             )))
         }
+    }
+
+    /// Deletes the documents of `target` with these `_id`s.
+    async fn delete_ids(&self, target: &str, ids: Vec<Bson>) -> Result<(), SinkError> {
+        let delete = doc! { "q": { "_id": { "$in": ids } }, "limit": 0 };
+        self.command(doc! { "delete": target, "deletes": [delete], "ordered": true })
+            .await
+            .map(drop)
     }
 
     /// Inserts unordered; returns the indexes of documents whose `_id`

@@ -80,12 +80,8 @@ impl Sink for MysqlSink {
         ));
         q.push_bind(pipeline);
         if !ids.is_empty() {
-            q.push(format!(" AND {} IN (", ddl::quote(&decl.primary_key[0])));
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(id);
-            }
-            q.push(")");
+            q.push(" AND ");
+            push_key_in(&mut q, decl, ids);
         }
         q.push(" ORDER BY failed_at DESC LIMIT ");
         q.push_bind(limit);
@@ -110,16 +106,9 @@ impl Sink for MysqlSink {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut q = QueryBuilder::<MySql>::new(format!(
-            "DELETE FROM {} WHERE {} IN (",
-            ddl::quote(target),
-            ddl::quote(&decl.primary_key[0])
-        ));
-        let mut list = q.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
-        q.push(")");
+        let mut q =
+            QueryBuilder::<MySql>::new(format!("DELETE FROM {} WHERE ", ddl::quote(target)));
+        push_key_in(&mut q, decl, ids);
         q.build().execute(&self.pool).await.map_err(classify)?;
         Ok(())
     }
@@ -165,6 +154,16 @@ impl Transactional for MysqlSink {
         };
         Ok((Box::new(tx), stored))
     }
+}
+
+/// `KEY IN (?, …)`: the declared (first) key column is one of `ids`.
+fn push_key_in(q: &mut QueryBuilder<MySql>, decl: &Output, ids: &[String]) {
+    q.push(format!("{} IN (", ddl::quote(&decl.primary_key[0])));
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(id.clone());
+    }
+    q.push(")");
 }
 
 /// Where `offsets = "mysql"` pipelines keep their consumer offsets.
