@@ -258,6 +258,42 @@ dead_letter = {{ name = "{pipeline}_dead_letters" }}
     )
 }
 
+/// A `[[pipelines]]` entry of the orders plugin writing `PIPELINE_orders`
+/// (MySQL) and `PIPELINE_events` (MongoDB); `extra` holds its other keys.
+pub fn orders_pipeline_toml(pipeline: &str, topic: &str, extra: &str) -> String {
+    let routes = orders_routes(&format!("{pipeline}_orders"), &format!("{pipeline}_events"));
+    pipeline_toml(pipeline, "orders", topic, &format!("{routes}\n{extra}"))
+}
+
+/// `toml` with the consumers' session timeout set to `ms`: the partitions
+/// of a killed or departed host move to the others that much sooner.
+pub fn with_session_timeout(toml: &str, ms: u32) -> String {
+    toml.replace(
+        "[kafka]\n",
+        &format!("[kafka]\noptions = {{ \"session.timeout.ms\" = \"{ms}\" }}\n"),
+    )
+}
+
+/// Produces `event(0..count)` to `topic` in the background, `chunk` events
+/// at a time with `pause` after each.
+pub fn spawn_producer(
+    topic: &str,
+    count: usize,
+    chunk: usize,
+    pause: Duration,
+    event: fn(usize) -> (String, String),
+) -> tokio::task::JoinHandle<()> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let p = producer();
+        for start in (0..count).step_by(chunk) {
+            let events: Vec<_> = (start..(start + chunk).min(count)).map(event).collect();
+            produce(&p, &topic, &events).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 /// A `[[pipelines]]` entry of the orders plugin with `offsets = "mysql"`:
 /// both outputs (`PIPELINE_orders`, `PIPELINE_events`) and the dead
 /// letters in MySQL, the offsets stored beside them.

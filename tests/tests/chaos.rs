@@ -104,15 +104,9 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     // before the restarted host gets them: keep that short.
     let eo = format!("{pipeline}_eo");
     let batch = "batch = { max_records = 1000, max_wait = \"100ms\" }";
-    let toml = host_toml(&dir, "").replace(
-        "[kafka]\n",
-        "[kafka]\noptions = { \"session.timeout.ms\" = \"6000\" }\n",
-    ) + &pipeline_toml(
-        &pipeline,
-        "orders",
-        &topic,
-        &format!("{}\n{batch}", orders_routes(&table, &collection)),
-    ) + &exactly_once_pipeline_toml(&eo, &topic, batch);
+    let toml = with_session_timeout(&host_toml(&dir, ""), 6000)
+        + &orders_pipeline_toml(&pipeline, &topic, batch)
+        + &exactly_once_pipeline_toml(&eo, &topic, batch);
     let config = write_config(&dir, &toml);
     let pool = mysql().await;
     count_writes(
@@ -126,17 +120,7 @@ async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() 
     sluice_bin();
 
     // The producer writes all events while the host is killed and restarted.
-    let producing = tokio::spawn({
-        let topic = topic.clone();
-        async move {
-            let p = producer();
-            for chunk in (0..events).collect::<Vec<_>>().chunks(5_000) {
-                let batch: Vec<_> = chunk.iter().map(|&i| event(i)).collect();
-                produce(&p, &topic, &batch).await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    });
+    let producing = spawn_producer(&topic, events, 5_000, Duration::from_millis(250), event);
 
     let started = Instant::now();
     let mut timeline = Vec::new();

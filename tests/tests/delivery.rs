@@ -15,13 +15,7 @@ async fn a_row_the_database_refuses_is_a_dead_letter_with_its_reason_and_the_res
     create_topic(&topic, 2).await;
     let pipeline = unique("refused");
     let (table, collection) = (format!("{pipeline}_orders"), format!("{pipeline}_events"));
-    let toml = host_toml(&dir, "")
-        + &pipeline_toml(
-            &pipeline,
-            "orders",
-            &topic,
-            &orders_routes(&table, &collection),
-        );
+    let toml = host_toml(&dir, "") + &orders_pipeline_toml(&pipeline, &topic, "");
     let host = Host::start(Config::parse(&toml, Path::new("refused.toml")).unwrap())
         .await
         .unwrap();
@@ -82,12 +76,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_database_accepts_them() {
     let toml = host_toml(
         &dir,
         &format!("[api]\nlisten = \"127.0.0.1:{}\"\n", free_port()),
-    ) + &pipeline_toml(
-        &pipeline,
-        "orders",
-        &topic,
-        &orders_routes(&table, &format!("{pipeline}_events")),
-    );
+    ) + &orders_pipeline_toml(&pipeline, &topic, "");
     let config = write_config(&dir, &toml);
     let host = Host::start(Config::load(&config).unwrap()).await.unwrap();
     let ledger = host.ledger.clone();

@@ -75,12 +75,7 @@ async fn outage(service: &'static str, secs: u64) {
     let (table, collection) = (format!("{pipeline}_orders"), format!("{pipeline}_events"));
     let port = free_port();
     let toml = host_toml(&dir, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"))
-        + &pipeline_toml(
-            &pipeline,
-            "orders",
-            &topic,
-            &orders_routes(&table, &collection),
-        );
+        + &orders_pipeline_toml(&pipeline, &topic, "");
     let config = write_config(&dir, &toml);
     let mut child = start_sluice(&config, &dir.join("sluice"));
     let pid = child.0.id();

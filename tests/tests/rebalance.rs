@@ -22,28 +22,11 @@ async fn a_second_host_joining_and_leaving_the_group_loses_nothing_and_stalls_li
     create_topic(&topic, 4).await;
     let pipeline = unique("rebalance");
     let table = format!("{pipeline}_orders");
-    let toml = host_toml(&dir, "").replace(
-        "[kafka]\n",
-        "[kafka]\noptions = { \"session.timeout.ms\" = \"10000\" }\n",
-    ) + &pipeline_toml(
-        &pipeline,
-        "orders",
-        &topic,
-        &orders_routes(&table, &format!("{pipeline}_events")),
-    );
+    let toml = with_session_timeout(&host_toml(&dir, ""), 10_000)
+        + &orders_pipeline_toml(&pipeline, &topic, "");
     let config = write_config(&dir, &toml);
     sluice_bin();
-    let producing = tokio::spawn({
-        let topic = topic.clone();
-        async move {
-            let p = producer();
-            for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(500) {
-                let events: Vec<_> = chunk.iter().map(|&i| order_event(i)).collect();
-                produce(&p, &topic, &events).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
+    let producing = spawn_producer(&topic, EVENTS, 500, Duration::from_millis(500), order_event);
 
     let pool = mysql().await;
     let rows = || async { table_rows(&pool, &table).await.unwrap_or(0) };
