@@ -40,6 +40,24 @@ impl Type {
     fn indexable(&self) -> bool {
         !matches!(self, Type::Text(None) | Type::Json)
     }
+
+    /// Why values of this type cannot identify a row: every sink must
+    /// agree on whether two keys are equal, and for these they could not.
+    fn why_not_a_key(&self) -> Option<&'static str> {
+        match self {
+            Type::Float => Some(
+                "a float cannot be a key: floating-point values compare inexactly, and MySQL and MongoDB disagree on keys such as 1 and 1.0 written differently; use integer, decimal or text",
+            ),
+            Type::Json => Some(
+                "json cannot be a key: MongoDB compares objects field by field in order, MySQL cannot index json; use text or integer fields",
+            ),
+            Type::Text(_)
+            | Type::Integer
+            | Type::Boolean
+            | Type::Decimal { .. }
+            | Type::Timestamp => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +231,11 @@ impl Output {
             let field = self
                 .get_field(name)
                 .ok_or_else(|| format!("{what} names undeclared field '{name}'"))?;
+            if what == "primary key"
+                && let Some(why) = field.ty.why_not_a_key()
+            {
+                return Err(format!("primary key field '{name}': {why}"));
+            }
             if self.kind == OutputKind::Table && !field.ty.indexable() {
                 return Err(format!(
                     "{what} field '{name}' must be indexable: give text a maximum length, json cannot be a key"
@@ -283,8 +306,7 @@ fn check_field(f: &Field, v: &mut Value) -> Result<(), String> {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            check_decimal(&text, precision, scale)?;
-            *v = Value::String(text);
+            *v = Value::String(canonical_decimal(&text, precision, scale)?);
         }
         (Type::Timestamp, Value::String(s)) => {
             let t = chrono::DateTime::parse_from_rfc3339(s)
@@ -312,6 +334,33 @@ fn check_field(f: &Field, v: &mut Value) -> Result<(), String> {
 
 fn format_utc(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Checks a decimal fits `decimal(precision, scale)` and writes it one way
+/// only (`007.5` and `7.50` are both `7.50` at scale 2): MySQL compares
+/// decimals by value, MongoDB compares their text, and keys must be equal
+/// in both or in neither.
+fn canonical_decimal(text: &str, precision: u8, scale: u8) -> Result<String, String> {
+    check_decimal(text, precision, scale)?;
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let mut canonical = String::with_capacity(text.len() + scale as usize + 2);
+    let zero = int == "0" && frac.bytes().all(|b| b == b'0');
+    if negative && !zero {
+        canonical.push('-');
+    }
+    canonical.push_str(int);
+    if scale > 0 {
+        canonical.push('.');
+        canonical.push_str(frac);
+        canonical.extend(std::iter::repeat_n('0', scale as usize - frac.len()));
+    }
+    Ok(canonical)
 }
 
 fn check_decimal(text: &str, precision: u8, scale: u8) -> Result<(), String> {
@@ -386,11 +435,49 @@ mod tests {
     fn valid_values_are_normalised() {
         let mut v = json!({"id": "a1", "total": 12.5, "at": "2024-05-01T12:00:00+02:00"});
         orders().check_value(&mut v).unwrap();
-        assert_eq!(v["total"], "12.5");
+        assert_eq!(v["total"], "12.50");
         assert_eq!(v["at"], "2024-05-01T10:00:00.000000Z");
         let mut v = json!({"id": "a1", "total": "-1234.00", "at": 0, "note": null});
         orders().check_value(&mut v).unwrap();
         assert_eq!(v["at"], "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn decimals_are_written_one_way_so_keys_compare_alike_everywhere() {
+        for (given, want) in [
+            (json!("7.5"), "7.50"),
+            (json!("007.50"), "7.50"),
+            (json!(7), "7.00"),
+            (json!("-0.00"), "0.00"),
+            (json!("-0"), "0.00"),
+            (json!("-12.3"), "-12.30"),
+            (json!("0.05"), "0.05"),
+        ] {
+            let mut v = json!({"id": "a", "total": given, "at": 0});
+            orders().check_value(&mut v).unwrap();
+            assert_eq!(v["total"], want, "{given}");
+        }
+        let whole = Output::table("t")
+            .field("n", Type::decimal(5, 0))
+            .primary_key(["n"]);
+        let mut v = json!({"n": "00120"});
+        whole.check_value(&mut v).unwrap();
+        assert_eq!(v["n"], "120");
+    }
+
+    #[test]
+    fn keys_the_sinks_could_compare_differently_are_refused() {
+        for (ty, why) in [
+            (Type::Float, "a float cannot be a key"),
+            (Type::Json, "json cannot be a key"),
+        ] {
+            let err = Plugin::new("p", "1")
+                .output(Output::document("d").field("k", ty).primary_key(["k"]))
+                .validate()
+                .unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert!(err.contains("output 'd': primary key field 'k'"), "{err}");
+        }
     }
 
     #[test]

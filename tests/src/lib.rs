@@ -184,6 +184,115 @@ pub async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, 
     }
 }
 
+/// Produces (key, value) events in order and returns where each landed:
+/// (partition, offset). The idempotent producer keeps each partition in
+/// the order given.
+pub async fn produce_at(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[(String, String)],
+) -> Vec<(i32, i64)> {
+    let sends = events.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic).key(k).payload(v),
+            Duration::from_secs(30),
+        )
+    });
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| {
+            let delivery = r.expect("event produced");
+            (delivery.partition, delivery.offset)
+        })
+        .collect()
+}
+
+/// The offsets `group` committed in `topic`, per partition (absent: none).
+pub fn committed_offsets(group: &str, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The number in environment variable `name`, or `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small seeded generator (SplitMix64): a test's random choices,
+/// reproducible from the seed it prints.
+pub struct Dice(u64);
+
+impl Dice {
+    pub fn new(seed: u64) -> Dice {
+        Dice(seed)
+    }
+
+    /// A seed from the clock, or from `var` when it is set.
+    pub fn seed_from_env(var: &str) -> u64 {
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+    }
+
+    pub fn roll(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.roll() % n as u64) as usize
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.roll() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + (high - low).mul_f64(self.below(10_000) as f64 / 10_000.0)
+    }
+}
+
 pub async fn mysql() -> sqlx::MySqlPool {
     sqlx::MySqlPool::connect(&mysql_url())
         .await

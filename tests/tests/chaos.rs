@@ -16,31 +16,12 @@
 use sluice_tests::*;
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Every 500th event has no id: the plugin rejects it (a dead letter).
 fn event(i: usize) -> (String, String) {
     if i % 500 == 499 {
         (format!("bad-{i}"), format!("{{\"customer\":\"c-{i}\"}}"))
     } else {
         order_event(i)
-    }
-}
-
-/// A small xorshift generator: the kill points, reproducible from the seed.
-struct Dice(u64);
-
-impl Dice {
-    fn between(&mut self, low: Duration, high: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        low + (high - low).mul_f64((self.0 % 10_000) as f64 / 10_000.0)
     }
 }
 
@@ -87,13 +68,9 @@ async fn count_writes(
 async fn killed_with_sigkill_at_random_points_it_loses_and_duplicates_nothing() {
     let events = env_or("SLUICE_CHAOS_EVENTS", 100_000);
     let kills = env_or("SLUICE_CHAOS_KILLS", 5);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = Dice::seed_from_env("SLUICE_CHAOS_SEED");
     println!("chaos: {events} events, {kills} kills, seed {seed}");
-    let mut dice = Dice(seed);
+    let mut dice = Dice::new(seed);
 
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
     let topic = unique("chaos");

@@ -106,6 +106,44 @@ impl Pipeline {
             .map_err(|e| anyhow::anyhow!("pipeline '{}': {e}", self.config.name))
     }
 
+    /// The next offset to process per partition, as committed: the group's
+    /// offsets in Kafka or, with `offsets = "mysql"`, those stored beside
+    /// the rows where they are further (Kafka's commit comes second).
+    /// (A future that owns what it needs: the pipeline itself is not `Sync`.)
+    pub fn committed_offsets(
+        &self,
+    ) -> impl std::future::Future<Output = anyhow::Result<Offsets>> + Send + 'static {
+        let (global, config) = (self.global.clone(), self.config.clone());
+        let store = match config.offsets {
+            OffsetStore::Kafka => None,
+            OffsetStore::Mysql => router::dead_letter_sink(&global, &config)
+                .ok()
+                .and_then(|(name, _)| Some((self.sinks.get(&name)?.clone(), name))),
+        };
+        async move {
+            let group = config.group_id();
+            let pending = KafkaSource::pending(&global.kafka, &group, &config.topics).await?;
+            let mut committed: Offsets = pending
+                .into_iter()
+                .map(|r| ((r.topic, r.partition), r.from))
+                .collect();
+            if let Some((sink, name)) = store
+                && let Some(store) = sink.transactional()
+            {
+                let partitions: Vec<Partition> = committed.keys().cloned().collect();
+                let stored = store
+                    .stored_offsets(&group, &partitions)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("sink '{name}': {e}"))?;
+                for (partition, next) in stored {
+                    let e = committed.entry(partition).or_insert(next);
+                    *e = (*e).max(next);
+                }
+            }
+            Ok(committed)
+        }
+    }
+
     /// Resolves this pipeline's routes for a plugin version and creates
     /// tables, collections and indexes. Errors name the config key.
     /// `persist`: retry sink errors until shutdown instead of failing.
@@ -197,6 +235,7 @@ impl Pipeline {
                 slice = Some(Slice::open(ledger, &name, &version).await);
             }
             let current = slice.as_mut().unwrap();
+            current.record_start(ledger, &batch).await;
             // The batch in flight is finished even if shutdown arrives now;
             // only a sink outage during shutdown leaves it uncommitted.
             let done = match self
@@ -799,6 +838,10 @@ struct Slice {
     hash: String,
     started: Instant,
     totals: RunTotals,
+    /// Where the slice started in each partition it has seen, as recorded
+    /// in the ledger (`to` = `from`): if the host dies, the next one counts
+    /// what the slice committed from there.
+    starts: Vec<PartitionRange>,
 }
 
 impl Slice {
@@ -826,6 +869,34 @@ impl Slice {
             hash: version.hash.clone(),
             started: Instant::now(),
             totals: RunTotals::default(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Records the slice's start in the partitions `batch` adds to it.
+    async fn record_start(&mut self, ledger: &Ledger, batch: &Batch) {
+        let before = self.starts.len();
+        for m in &batch.messages {
+            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+            // A batch lists a partition's records in offset order.
+            if !self
+                .starts
+                .iter()
+                .any(|r| r.topic == topic && r.partition == partition)
+            {
+                self.starts.push(PartitionRange {
+                    topic: topic.to_string(),
+                    partition,
+                    from: offset,
+                    to: offset,
+                });
+            }
+        }
+        let Some(id) = self.id else { return };
+        if self.starts.len() > before
+            && let Err(e) = ledger.record_offsets(id, &self.starts).await
+        {
+            tracing::warn!(run = id, "run ledger: {e:#}");
         }
     }
 

@@ -40,6 +40,9 @@ pub enum RunState {
     Succeeded,
     Failed,
     Skipped,
+    /// The host died (killed, crashed) while the run went on; closed when a
+    /// host came back, with what the committed offsets say it processed.
+    Interrupted,
 }
 
 impl Trigger {
@@ -64,6 +67,7 @@ impl RunState {
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
             RunState::Skipped => "skipped",
+            RunState::Interrupted => "interrupted",
         }
     }
 }
@@ -377,18 +381,41 @@ impl Ledger {
         Ok(row.try_get::<Option<i64>, _>(0)?.map(millis))
     }
 
-    /// Marks runs a previous host left queued or running as failed.
-    pub async fn fail_interrupted(&self, pipeline: &str) -> anyhow::Result<u64> {
-        let done = sqlx::query(
-            "UPDATE sluice_runs SET state = 'failed', ended_at = ?, \
-             error = 'interrupted: the host stopped before this run finished' \
-             WHERE pipeline = ? AND state IN ('queued', 'running')",
-        )
-        .bind(Utc::now().timestamp_millis())
+    /// Records where a running run starts (or, for a bounded run, the
+    /// range it plans to process), so that if the host dies the run can be
+    /// closed with what it committed (see `unfinished`).
+    pub async fn record_offsets(&self, id: i64, offsets: &[PartitionRange]) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sluice_runs SET offsets = ? WHERE id = ?")
+            .bind(serde_json::to_string(offsets)?)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs of `pipeline` a previous host left queued or running.
+    pub async fn unfinished(&self, pipeline: &str) -> anyhow::Result<Vec<Run>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sluice_runs WHERE pipeline = ? \
+             AND state IN ('queued', 'running') ORDER BY id"
+        )))
         .bind(pipeline.to_string())
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Closes a run a previous host left unfinished as interrupted, with
+    /// `totals` as what it is known to have processed.
+    pub async fn interrupt(&self, id: i64, totals: &RunTotals, note: &str) -> anyhow::Result<()> {
+        self.finish(
+            id,
+            RunState::Interrupted,
+            totals,
+            Some("interrupted: the host stopped before this run finished"),
+            Some(note),
+        )
+        .await
     }
 }
 

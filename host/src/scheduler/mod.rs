@@ -92,12 +92,8 @@ pub async fn drive(
     status: Arc<Mutex<Status>>,
 ) -> anyhow::Result<()> {
     let name = pipeline.config.name.clone();
-    match ledger.fail_interrupted(&name).await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::warn!(pipeline = %name, runs = n, "runs left unfinished by a previous host are marked failed")
-        }
-        Err(e) => tracing::warn!(pipeline = %name, "run ledger: {e:#}"),
+    if let Err(e) = close_interrupted(&name, pipeline.committed_offsets(), &ledger).await {
+        tracing::warn!(pipeline = %name, "run ledger: {e:#}");
     }
     let schedule = Schedule::from_config(&pipeline.config.schedule)
         .map_err(|(key, e)| anyhow::anyhow!("pipeline '{name}': schedule{key}: {e}"))?;
@@ -106,6 +102,71 @@ pub async fn drive(
     } else {
         drive_scheduled(pipeline, schedule, ledger, shutdown, commands, status).await
     }
+}
+
+/// Closes the runs a previous host left queued or running as interrupted,
+/// each with the records it committed before the host died.
+/// `committed` reads the pipeline's committed offsets (only if needed).
+async fn close_interrupted(
+    name: &str,
+    committed: impl Future<Output = anyhow::Result<crate::sink::Offsets>>,
+    ledger: &Ledger,
+) -> anyhow::Result<()> {
+    let runs = ledger.unfinished(name).await?;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let committed = tokio::time::timeout(std::time::Duration::from_secs(15), committed)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 15s")));
+    for run in &runs {
+        let (totals, note) = match &committed {
+            Ok(committed) => committed_by(run, committed),
+            Err(e) => (
+                ledger::RunTotals::default(),
+                format!("what it committed is not known: cannot read the committed offsets: {e:#}"),
+            ),
+        };
+        ledger.interrupt(run.id, &totals, &note).await?;
+        tracing::warn!(pipeline = %name, run = run.id, records = totals.records_in,
+            "a run left unfinished by a previous host is marked interrupted: {note}");
+    }
+    Ok(())
+}
+
+/// What an unfinished `run` committed, given the offsets committed now:
+/// in each partition it recorded, from its start up to the committed
+/// offset (and no further than its planned end, for a bounded run).
+fn committed_by(
+    run: &ledger::Run,
+    committed: &crate::sink::Offsets,
+) -> (ledger::RunTotals, String) {
+    let bounded = match run.trigger {
+        Trigger::Continuous => false,
+        Trigger::Schedule | Trigger::Catchup | Trigger::Manual | Trigger::Retry => true,
+        Trigger::Backfill | Trigger::Replay => {
+            let why = "what it wrote is not known: a backfill or replay commits no offsets";
+            return (ledger::RunTotals::default(), why.into());
+        }
+    };
+    let mut totals = ledger::RunTotals::default();
+    for r in &run.offsets {
+        let Some(&next) = committed.get(&(r.topic.clone(), r.partition)) else {
+            continue;
+        };
+        let to = if bounded { next.min(r.to) } else { next };
+        if to > r.from {
+            totals.records_in += (to - r.from) as u64;
+            totals
+                .offsets
+                .push(crate::source::PartitionRange { to, ..r.clone() });
+        }
+    }
+    let note = format!(
+        "{} records committed before the host stopped (counted from the committed offsets; outputs and dead letters were not recorded)",
+        totals.records_in
+    );
+    (totals, note)
 }
 
 async fn drive_continuous(
@@ -344,5 +405,73 @@ impl Slot {
             let why = "the host shut down before this queued run started";
             self.ledger.fail(id, why).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::PartitionRange;
+
+    fn run(trigger: Trigger, offsets: &[(i32, i64, i64)]) -> ledger::Run {
+        ledger::Run {
+            id: 1,
+            pipeline: "p".into(),
+            trigger,
+            state: RunState::Running,
+            scheduled_for: None,
+            queued_at: Utc::now(),
+            started_at: Some(Utc::now()),
+            ended_at: None,
+            attempt: 1,
+            retry_of: None,
+            records_in: 0,
+            dead_letters: 0,
+            outputs: Default::default(),
+            offsets: offsets
+                .iter()
+                .map(|&(partition, from, to)| PartitionRange {
+                    topic: "t".into(),
+                    partition,
+                    from,
+                    to,
+                })
+                .collect(),
+            plugin: None,
+            plugin_version: None,
+            plugin_hash: None,
+            error: None,
+            note: None,
+            deadline_exceeded: false,
+        }
+    }
+
+    #[test]
+    fn an_interrupted_run_counts_what_it_committed() {
+        let committed: crate::sink::Offsets = [
+            (("t".into(), 0), 700),
+            (("t".into(), 1), 40),
+            (("t".into(), 2), 5),
+        ]
+        .into();
+        // A continuous slice: from its start to the committed offset.
+        let (totals, note) = committed_by(
+            &run(Trigger::Continuous, &[(0, 100, 100), (1, 50, 50)]),
+            &committed,
+        );
+        assert_eq!(totals.records_in, 600);
+        assert_eq!(totals.offsets.len(), 1);
+        assert_eq!((totals.offsets[0].from, totals.offsets[0].to), (100, 700));
+        assert!(note.starts_with("600 records committed"), "{note}");
+        // A scheduled run: no further than its planned end.
+        let (totals, _) = committed_by(
+            &run(Trigger::Schedule, &[(0, 100, 400), (2, 0, 9)]),
+            &committed,
+        );
+        assert_eq!(totals.records_in, 300 + 5);
+        // A backfill commits nothing: unknown, not zero by accident.
+        let (totals, note) = committed_by(&run(Trigger::Backfill, &[(0, 0, 700)]), &committed);
+        assert_eq!(totals.records_in, 0);
+        assert!(note.contains("not known"), "{note}");
     }
 }

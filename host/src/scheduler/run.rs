@@ -234,6 +234,9 @@ async fn attempt_once(
     if ranges.iter().all(PartitionRange::is_empty) {
         return Ok(Some("nothing new".into()));
     }
+    // The plan, until the run records what it did: if the host dies, the
+    // next one counts what was committed of it.
+    ledger.record_offsets(id, &ranges).await?;
     let window = match request.work {
         Work::Window { from, to } => Some((from.timestamp_millis(), to.timestamp_millis())),
         Work::Pending | Work::Replay { .. } => None,

@@ -42,8 +42,10 @@ pub trait Sink: Send + Sync {
     /// if missing.
     async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError>;
 
-    /// Upserts `rows` into `target` on the declared key. Either all rows are
-    /// written or an error is returned; retrying is always safe.
+    /// Upserts `rows` into `target` on the declared key: each row replaces
+    /// whatever the key held. Rows carry distinct keys (the router keeps
+    /// the last version of each, see `router::Routed`). Either all rows
+    /// are written or an error is returned; retrying is always safe.
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError>;
 
     /// Reads back rows of `target` (declared by `decl`, which has `pipeline`

@@ -87,7 +87,7 @@ mod tests {
             TestRecord::value("{not json"),
         ]);
         assert_eq!(out.on("orders").len(), 1);
-        assert_eq!(out.on("orders")[0]["total"], "120.5");
+        assert_eq!(out.on("orders")[0]["total"], "120.50");
         assert_eq!(out.on("order_events")[0]["big_spender"], true);
         assert_eq!(out.on("order_events")[0]["event"]["items"][0]["sku"], "x");
         assert_eq!(out.rejected.len(), 2);

@@ -156,11 +156,23 @@ impl Sink for MongoSink {
 
 impl MongoSink {
     /// Upserts by `_id`: insert everything, then replace the documents that
-    /// already existed (a replayed batch). Insert-first keeps the common
-    /// path to one round trip on every server; FerretDB in particular runs
-    /// `update` statements one by one with a scan each, which is orders of
-    /// magnitude slower than a bulk insert.
+    /// already existed (a key seen in an earlier batch, or a replayed
+    /// batch) by deleting and inserting those again. Insert-first keeps the
+    /// common path to one round trip on every server; FerretDB in
+    /// particular runs `update` statements one by one with a scan each,
+    /// which is orders of magnitude slower than a bulk insert. Correct for
+    /// any mix of new and existing keys because `documents` never holds an
+    /// `_id` twice (the router keeps one version per key).
     async fn upsert(&self, target: &str, documents: Vec<Document>) -> Result<(), SinkError> {
+        debug_assert!(
+            {
+                let mut ids = std::collections::HashSet::new();
+                documents
+                    .iter()
+                    .all(|d| ids.insert(d.get("_id").map(Bson::to_string)))
+            },
+            "one version per _id in a write"
+        );
         let existing = self.insert(target, &documents).await?;
         if existing.is_empty() {
             return Ok(());
@@ -178,7 +190,7 @@ impl MongoSink {
             Ok(())
         } else {
             Err(SinkError::Unavailable(format!(
-                "MongoDB: {} documents were re-created concurrently in '{target}'",
+                "MongoDB: another writer re-created {} documents in '{target}' between this write's delete and insert (two hosts writing one collection?); the write is retried",
                 still.len()
             )))
         }

@@ -21,7 +21,9 @@ pub fn column_type(ty: Type) -> String {
     }
 }
 
-pub fn create_table(table: &str, decl: &Output) -> String {
+/// `collation` is the server's exact one (see `collation.rs`): every text
+/// column, keys included, compares byte for byte.
+pub fn create_table(table: &str, decl: &Output, collation: &str) -> String {
     let mut parts: Vec<String> = decl
         .fields
         .iter()
@@ -42,7 +44,7 @@ pub fn create_table(table: &str, decl: &Output) -> String {
         ));
     }
     format!(
-        "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+        "CREATE TABLE IF NOT EXISTS {} (\n  {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}",
         quote(table),
         parts.join(",\n  ")
     )
@@ -60,7 +62,7 @@ mod tests {
             .optional("status", Type::text(32))
             .primary_key(["order_id"])
             .index("by_status", ["status"]);
-        let ddl = create_table("shop_orders", &decl);
+        let ddl = create_table("shop_orders", &decl, "utf8mb4_nopad_bin");
         assert!(
             ddl.starts_with("CREATE TABLE IF NOT EXISTS `shop_orders`"),
             "{ddl}"
@@ -70,5 +72,6 @@ mod tests {
         assert!(ddl.contains("`status` VARCHAR(32) NULL"));
         assert!(ddl.contains("PRIMARY KEY (`order_id`)"));
         assert!(ddl.contains("KEY `by_status` (`status`)"));
+        assert!(ddl.ends_with("COLLATE=utf8mb4_nopad_bin"), "{ddl}");
     }
 }

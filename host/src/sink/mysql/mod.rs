@@ -1,6 +1,7 @@
 //! MySQL / MariaDB: table outputs as multi-row `INSERT ... ON DUPLICATE KEY
 //! UPDATE` on the declared primary key, one transaction per batch.
 
+mod collation;
 mod ddl;
 
 use super::{Offsets, Partition, Row, Sink, SinkError, SinkTransaction, Transactional};
@@ -19,6 +20,8 @@ pub struct MysqlSink {
     pool: MySqlPool,
     /// Created on first use by an `offsets = "mysql"` pipeline.
     offsets_table: tokio::sync::OnceCell<()>,
+    /// The server's exact (no-pad binary) collation, asked on first use.
+    exact_collation: tokio::sync::OnceCell<&'static str>,
 }
 
 impl MysqlSink {
@@ -31,6 +34,7 @@ impl MysqlSink {
         Ok(MysqlSink {
             pool,
             offsets_table: tokio::sync::OnceCell::new(),
+            exact_collation: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -46,10 +50,19 @@ impl Sink for MysqlSink {
     }
 
     async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
-        sqlx::query(sqlx::AssertSqlSafe(ddl::create_table(target, decl)))
+        let exact = self.exact_collation().await?;
+        sqlx::query(sqlx::AssertSqlSafe(ddl::create_table(target, decl, exact)))
             .execute(&self.pool)
             .await
             .map_err(classify)?;
+        // A table made before (by hand, or by an older sluice) may compare
+        // its keys loosely: say so, once per prepare, with the fix.
+        for report in collation::loose_key_columns(&self.pool, target, decl, exact)
+            .await
+            .map_err(classify)?
+        {
+            tracing::warn!(table = target, "{report}");
+        }
         Ok(())
     }
 
@@ -170,7 +183,16 @@ fn push_key_in(q: &mut QueryBuilder<MySql>, decl: &Output, ids: &[String]) {
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
 
 impl MysqlSink {
+    async fn exact_collation(&self) -> Result<&'static str, SinkError> {
+        self.exact_collation
+            .get_or_try_init(|| collation::exact(&self.pool))
+            .await
+            .copied()
+            .map_err(classify)
+    }
+
     async fn offsets_table(&self) -> Result<(), SinkError> {
+        let exact = self.exact_collation().await?;
         self.offsets_table
             .get_or_try_init(|| async {
                 let ddl = format!(
@@ -181,7 +203,7 @@ impl MysqlSink {
   next_offset BIGINT NOT NULL,
   updated_at DATETIME(6) NOT NULL,
   PRIMARY KEY (group_id, topic, kafka_partition)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={exact}"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(ddl))
                     .execute(&self.pool)
