@@ -11,6 +11,9 @@
 //!   is replaced);
 //! - repeated keys: ten versions of each order in a row (an order's
 //!   lifecycle), so most batches hold several versions of their keys.
+//!
+//! `SLUICE_BENCH_EVENTS` (default 30,000) and `SLUICE_BENCH_ROUNDS`
+//! (default 3) set the size.
 
 use sluice::config::Config;
 use sluice::scheduler::ledger::Ledger;
@@ -18,8 +21,6 @@ use sluice_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const ROUNDS: usize = 3;
 
 /// Event `i` as a version of order `id`, with its own status.
 fn event(i: usize, id: usize, status: &str) -> (String, String) {
@@ -74,6 +75,7 @@ async fn main() {
         ("after", bin("SLUICE_AFTER_BIN")),
     ];
     let events = env_or("SLUICE_BENCH_EVENTS", 30_000);
+    let rounds = env_or("SLUICE_BENCH_ROUNDS", 3);
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
 
     let (new_keys, existing, repeated) = (unique("mp_new"), unique("mp_again"), unique("mp_rep"));
@@ -95,7 +97,7 @@ async fn main() {
     let workloads = ["new keys", "existing keys", "repeated keys"];
     // results[workload][binary] = durations or failures
     let mut results = vec![vec![Vec::new(), Vec::new()]; workloads.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for turn in 0..2 {
             // Alternate which binary goes first.
             let b = (round + turn) % 2;
@@ -115,7 +117,7 @@ async fn main() {
     }
 
     println!(
-        "MongoDB path on FerretDB 1.24, orders plugin, {events} events per workload, batch 1000, median of {ROUNDS} alternating rounds:"
+        "MongoDB path on FerretDB 1.24, orders plugin, {events} events per workload, batch 1000, median of {rounds} alternating rounds:"
     );
     for (w, workload) in workloads.iter().enumerate() {
         let rate = |b: usize| -> Result<f64, String> {

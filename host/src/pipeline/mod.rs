@@ -114,12 +114,7 @@ impl Pipeline {
         &self,
     ) -> impl std::future::Future<Output = anyhow::Result<Offsets>> + Send + 'static {
         let (global, config) = (self.global.clone(), self.config.clone());
-        let store = match config.offsets {
-            OffsetStore::Kafka => None,
-            OffsetStore::Mysql => router::dead_letter_sink(&global, &config)
-                .ok()
-                .and_then(|(name, _)| Some((self.sinks.get(&name)?.clone(), name))),
-        };
+        let store = self.offset_store();
         async move {
             let group = config.group_id();
             let pending = KafkaSource::pending(&global.kafka, &group, &config.topics).await?;
@@ -141,6 +136,39 @@ impl Pipeline {
                 }
             }
             Ok(committed)
+        }
+    }
+
+    /// With `offsets = "mysql"`: the sink that stores the offsets, by name.
+    fn offset_store(&self) -> Option<(Arc<dyn crate::sink::Sink>, String)> {
+        match self.config.offsets {
+            OffsetStore::Kafka => None,
+            OffsetStore::Mysql => router::dead_letter_sink(&self.global, &self.config)
+                .ok()
+                .and_then(|(name, _)| Some((self.sinks.get(&name)?.clone(), name))),
+        }
+    }
+
+    /// The offsets stored beside the rows (`offsets = "mysql"`) of these
+    /// partitions; none with offsets in Kafka, or if they cannot be read.
+    pub fn stored_offsets(
+        &self,
+        partitions: Vec<Partition>,
+    ) -> impl std::future::Future<Output = Offsets> + Send + 'static {
+        let (store, pipeline) = (self.offset_store(), self.config.name.clone());
+        let group = self.config.group_id();
+        async move {
+            let Some((sink, name)) = store else {
+                return Offsets::new();
+            };
+            let Some(store) = sink.transactional() else {
+                return Offsets::new();
+            };
+            store
+                .stored_offsets(&group, &partitions)
+                .await
+                .inspect_err(|e| tracing::warn!(pipeline, "sink '{name}': {e}"))
+                .unwrap_or_default()
         }
     }
 
@@ -235,7 +263,15 @@ impl Pipeline {
                 slice = Some(Slice::open(ledger, &name, &version).await);
             }
             let current = slice.as_mut().unwrap();
-            current.record_start(ledger, &batch).await;
+            let new = current.new_partitions(&batch);
+            if !new.is_empty() {
+                // Records below the stored offsets are skipped, and were
+                // counted by the run that wrote them.
+                let floor = self.stored_offsets(new).await;
+                let current = slice.as_mut().unwrap();
+                current.record_start(ledger, &batch, &floor).await;
+            }
+            let current = slice.as_mut().unwrap();
             // The batch in flight is finished even if shutdown arrives now;
             // only a sink outage during shutdown leaves it uncommitted.
             let done = match self
@@ -803,15 +839,9 @@ impl RunTotals {
         for (output, n) in done.outputs {
             *self.outputs.entry(output).or_default() += n as u64;
         }
-        let mut first = BTreeMap::new();
-        for m in &batch.messages {
-            let e = first
-                .entry((m.topic(), m.partition()))
-                .or_insert(m.offset());
-            *e = (*e).min(m.offset());
-        }
+        let first = batch.first_offsets();
         for ((topic, partition), next) in batch.next_offsets() {
-            let from = first[&(topic.as_str(), partition)];
+            let from = first[&(topic.clone(), partition)];
             match self
                 .offsets
                 .iter_mut()
@@ -873,29 +903,43 @@ impl Slice {
         }
     }
 
-    /// Records the slice's start in the partitions `batch` adds to it.
-    async fn record_start(&mut self, ledger: &Ledger, batch: &Batch) {
-        let before = self.starts.len();
-        for m in &batch.messages {
-            let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
-            // A batch lists a partition's records in offset order.
-            if !self
+    /// The partitions of `batch` this slice has not seen yet.
+    fn new_partitions(&self, batch: &Batch) -> Vec<Partition> {
+        let seen = |(topic, partition): &Partition| {
+            self.starts
+                .iter()
+                .any(|r| r.topic == *topic && r.partition == *partition)
+        };
+        batch
+            .first_offsets()
+            .into_keys()
+            .filter(|p| !seen(p))
+            .collect()
+    }
+
+    /// Records the slice's start in the partitions `batch` adds to it: the
+    /// batch's first offset there, or `floor` if further.
+    async fn record_start(&mut self, ledger: &Ledger, batch: &Batch, floor: &Offsets) {
+        for ((topic, partition), first) in batch.first_offsets() {
+            if self
                 .starts
                 .iter()
                 .any(|r| r.topic == topic && r.partition == partition)
             {
-                self.starts.push(PartitionRange {
-                    topic: topic.to_string(),
-                    partition,
-                    from: offset,
-                    to: offset,
-                });
+                continue;
             }
+            let from = floor
+                .get(&(topic.clone(), partition))
+                .map_or(first, |&f| f.max(first));
+            self.starts.push(PartitionRange {
+                topic,
+                partition,
+                from,
+                to: from,
+            });
         }
         let Some(id) = self.id else { return };
-        if self.starts.len() > before
-            && let Err(e) = ledger.record_offsets(id, &self.starts).await
-        {
+        if let Err(e) = ledger.record_offsets(id, &self.starts).await {
             tracing::warn!(run = id, "run ledger: {e:#}");
         }
     }

@@ -235,8 +235,26 @@ async fn attempt_once(
         return Ok(Some("nothing new".into()));
     }
     // The plan, until the run records what it did: if the host dies, the
-    // next one counts what was committed of it.
-    ledger.record_offsets(id, &ranges).await?;
+    // next one counts what was committed of it. Records below offsets
+    // stored beside the rows are skipped: counted by the run that wrote them.
+    let partitions = ranges
+        .iter()
+        .map(|r| (r.topic.clone(), r.partition))
+        .collect();
+    let floor = pipeline.stored_offsets(partitions).await;
+    let planned: Vec<PartitionRange> = ranges
+        .iter()
+        .map(|r| {
+            let from = floor
+                .get(&(r.topic.clone(), r.partition))
+                .map_or(r.from, |&f| f.max(r.from));
+            PartitionRange {
+                from: from.min(r.to),
+                ..r.clone()
+            }
+        })
+        .collect();
+    ledger.record_offsets(id, &planned).await?;
     let window = match request.work {
         Work::Window { from, to } => Some((from.timestamp_millis(), to.timestamp_millis())),
         Work::Pending | Work::Replay { .. } => None,

@@ -30,6 +30,18 @@ impl Batch {
         next
     }
 
+    /// First offset per (topic, partition): the lowest in the batch.
+    pub fn first_offsets(&self) -> BTreeMap<(String, i32), i64> {
+        let mut first = BTreeMap::new();
+        for m in &self.messages {
+            let e = first
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert(i64::MAX);
+            *e = (*e).min(m.offset());
+        }
+        first
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }
