@@ -5,11 +5,18 @@
 //! `Host::run` runs the pipelines by their schedules until shutdown.
 //! `run(config, shutdown)` does both, for tests and `main`.
 
+// Layers, bottom up; a module imports only from layers below it (checked
+// by `layers::tests`, see docs/architecture.md).
 pub mod api;
 pub mod canary;
 pub mod config;
 pub mod dlq;
+#[cfg(test)]
+mod layers;
+pub mod ledger;
+pub mod model;
 pub mod pipeline;
+pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
@@ -17,9 +24,9 @@ pub mod sink;
 pub mod source;
 
 use config::Config;
-use pipeline::{Pipeline, Stats};
+use ledger::{Ledger, RunState, Trigger};
+use pipeline::{OnSinkError, Pipeline, Stats};
 use runtime::{Registry, Runtime};
-use scheduler::ledger::{Ledger, RunState, Trigger};
 use scheduler::{RunRequest, Work};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -127,7 +134,9 @@ impl Host {
             let mut pipeline =
                 Pipeline::new(p.clone(), config.clone(), registry.clone(), sinks.clone());
             let version = pipeline.version()?;
-            pipeline.prepare(&version, &mut no_shutdown, true).await?;
+            pipeline
+                .prepare(&version, &mut no_shutdown, OnSinkError::RetryUntilShutdown)
+                .await?;
             stats.insert(p.name.clone(), pipeline.stats.clone());
             pipelines.push(pipeline);
         }
@@ -175,9 +184,10 @@ impl Host {
                     });
                 }
                 RunMode::Scheduled => {
-                    let schedule = scheduler::Schedule::from_config(&p.config.schedule).map_err(
-                        |(key, e)| anyhow::anyhow!("pipeline '{name}': schedule{key}: {e}"),
-                    )?;
+                    let schedule =
+                        config::Schedule::from_config(&p.config.schedule).map_err(|(key, e)| {
+                            anyhow::anyhow!("pipeline '{name}': schedule{key}: {e}")
+                        })?;
                     let (handle, commands) = scheduler::Handle::new(&schedule);
                     api_pipelines.insert(name, (p.config.plugin.clone(), handle.clone()));
                     tasks.spawn(scheduler::drive(p, ledger, stop, commands, handle.status));

@@ -142,7 +142,9 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             .map(|name| {
                 (
                     name.clone(),
-                    std::sync::Arc::new(NoSink) as std::sync::Arc<dyn sluice::sink::Sink>,
+                    // Routes resolve against sinks that connect nowhere.
+                    std::sync::Arc::new(sluice::sink::MemorySink::new())
+                        as std::sync::Arc<dyn sluice::sink::Sink>,
                 )
             })
             .collect();
@@ -168,49 +170,6 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("{}: OK", path.display());
     Ok(())
-}
-
-/// Stands in for sinks during `validate`, which must not connect anywhere.
-struct NoSink;
-
-#[async_trait::async_trait]
-impl sluice::sink::Sink for NoSink {
-    async fn healthcheck(&self) -> Result<(), sluice::sink::SinkError> {
-        Ok(())
-    }
-    async fn prepare(
-        &self,
-        _: &str,
-        _: &sluice_plugin_sdk::Output,
-    ) -> Result<(), sluice::sink::SinkError> {
-        Ok(())
-    }
-    async fn write(
-        &self,
-        _: &str,
-        _: &sluice_plugin_sdk::Output,
-        _: &[sluice::sink::Row],
-    ) -> Result<(), sluice::sink::SinkError> {
-        Ok(())
-    }
-    async fn read_dead_letters(
-        &self,
-        _: &str,
-        _: &sluice_plugin_sdk::Output,
-        _: &str,
-        _: &[String],
-        _: u32,
-    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, sluice::sink::SinkError> {
-        Ok(vec![])
-    }
-    async fn delete(
-        &self,
-        _: &str,
-        _: &sluice_plugin_sdk::Output,
-        _: &[String],
-    ) -> Result<(), sluice::sink::SinkError> {
-        Ok(())
-    }
 }
 
 async fn run(path: PathBuf, until_drained: bool) -> anyhow::Result<()> {

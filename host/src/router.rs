@@ -2,12 +2,13 @@
 //! validates every emitted value against its declaration, and turns
 //! rejected records and invalid outputs into dead letters.
 
-use crate::config::{Config, OffsetStore, PipelineConfig};
+use crate::config::{Config, OffsetStore, PipelineConfig, SINK_TYPES};
+use crate::model::{Row, Stage, dead_letter_decl};
 use crate::runtime::PluginVersion;
-use crate::sink::{Row, Sink, SinkError, Sinks};
+use crate::sink::{Sink, SinkError, Sinks};
 use serde_json::{Map, Value, json};
 use sluice_plugin_sdk::abi::{BatchResult, Record};
-use sluice_plugin_sdk::schema::{Output, OutputKind, Type};
+use sluice_plugin_sdk::schema::{Output, OutputKind, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -45,38 +46,44 @@ impl Routes {
         plugin: &PluginVersion,
         sinks: &Sinks,
     ) -> Result<Routes, String> {
+        Routes::for_declaration(config, pipeline, &plugin.name, &plugin.info, sinks)
+    }
+
+    /// `resolve` for plugin `name` declaring `info`.
+    pub fn for_declaration(
+        config: &Config,
+        pipeline: &PipelineConfig,
+        name: &str,
+        info: &Plugin,
+        sinks: &Sinks,
+    ) -> Result<Routes, String> {
         let key = |k: &str| format!("pipelines[name={}].{k}", pipeline.name);
         if let Some(unknown) = pipeline
             .routes
             .keys()
-            .find(|o| plugin.info.get_output(o).is_none())
+            .find(|o| info.get_output(o).is_none())
         {
-            let declared: Vec<_> = plugin
-                .info
-                .outputs
-                .iter()
-                .map(|o| o.name.as_str())
-                .collect();
+            let declared: Vec<_> = info.outputs.iter().map(|o| o.name.as_str()).collect();
             return Err(format!(
                 "{}: plugin '{}' declares no output '{unknown}' (it declares: {})",
                 key(&format!("routes.{unknown}")),
-                plugin.name,
+                name,
                 declared.join(", ")
             ));
         }
         let mut outputs = BTreeMap::new();
-        for decl in &plugin.info.outputs {
+        for decl in &info.outputs {
             let (sink_name, target) = match pipeline.routes.get(&decl.name) {
                 Some(r) => (
                     r.sink.clone(),
                     r.name.clone().unwrap_or_else(|| decl.name.clone()),
                 ),
                 None => {
-                    let kind = match decl.kind {
-                        OutputKind::Document => "mongodb",
-                        OutputKind::Table => "mysql",
-                    };
-                    let sink = config.only_sink_of(kind).ok_or_else(|| {
+                    let kind = SINK_TYPES
+                        .iter()
+                        .find(|t| t.default_for == decl.kind)
+                        .map_or("matching", |t| t.name);
+                    let sink = config.default_sink_for(decl.kind).ok_or_else(|| {
                         format!(
                             "{}: output '{}' has no route and there is not exactly one '{kind}' sink to default to; add routes.{} = {{ sink = \"...\" }}",
                             key("routes"), decl.name, decl.name
@@ -96,22 +103,22 @@ impl Routes {
                 },
             );
         }
-        let (dl_sink, dl_target) = dead_letter_sink(config, pipeline)?;
+        let (dl_sink, dl_target) = config.dead_letter_sink(pipeline)?;
         let dead_letter = Route {
             sink: sinks[&dl_sink].clone(),
             sink_name: dl_sink,
             target: dl_target,
             decl: dead_letter_decl(),
         };
-        if pipeline.offsets == OffsetStore::Mysql
+        if pipeline.offsets == OffsetStore::Sink
             && let Some((output, route)) = outputs
                 .iter()
                 .find(|(_, r)| r.sink_name != dead_letter.sink_name)
         {
             return Err(format!(
-                "{}: output '{output}' of plugin '{}' goes to sink '{}', but offsets = \"mysql\" writes every output, the dead letters and the offsets in one transaction of sink '{}'; add routes.{output} = {{ sink = \"{}\" }}",
+                "{}: output '{output}' of plugin '{}' goes to sink '{}', but offsets = \"mysql\" (offsets in the sink's transaction, also spelled \"sink\") writes every output, the dead letters and the offsets in one transaction of sink '{}'; add routes.{output} = {{ sink = \"{}\" }}",
                 key(&format!("routes.{output}")),
-                plugin.name,
+                name,
                 route.sink_name,
                 dead_letter.sink_name,
                 dead_letter.sink_name
@@ -131,76 +138,6 @@ impl Routes {
     }
 }
 
-/// Where a pipeline's dead letters go: (sink name, table or collection).
-pub fn dead_letter_sink(
-    config: &Config,
-    pipeline: &PipelineConfig,
-) -> Result<(String, String), String> {
-    let sink = pipeline
-        .dead_letter
-        .sink
-        .clone()
-        .or_else(|| {
-            config
-                .only_sink_of("mongodb")
-                .or_else(|| config.only_sink_of("mysql"))
-                .map(String::from)
-        })
-        .ok_or_else(|| {
-            format!(
-                "pipelines[name={}].dead_letter: no sink for dead letters; set dead_letter.sink",
-                pipeline.name
-            )
-        })?;
-    Ok((sink, pipeline.dead_letter.name.clone()))
-}
-
-/// The schema of a dead letter, in either kind of sink.
-pub fn dead_letter_decl() -> Output {
-    Output::document("dead_letters")
-        .field("id", Type::text(255))
-        .primary_key(["id"])
-        .field("pipeline", Type::text(64))
-        .field("plugin", Type::text(64))
-        .field("plugin_version", Type::text(64))
-        .field("plugin_hash", Type::text(64))
-        .field("stage", Type::text(16))
-        .field("reason", Type::Text(None))
-        .field("topic", Type::text(255))
-        .field("partition", Type::Integer)
-        .field("offset", Type::Integer)
-        .optional("timestamp", Type::Timestamp)
-        .optional("key", Type::Text(None))
-        .optional("value", Type::Text(None))
-        .field("encoding", Type::text(8))
-        .field("failed_at", Type::Timestamp)
-        .index("by_pipeline", ["pipeline", "failed_at"])
-}
-
-/// Why a record ended in dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// The plugin rejected the record.
-    Plugin,
-    /// The plugin trapped or hit a limit on this record.
-    Trap,
-    /// An output broke its declared schema.
-    Schema,
-    /// The database refused the row itself (constraint, type, size).
-    Sink,
-}
-
-impl Stage {
-    fn as_str(self) -> &'static str {
-        match self {
-            Stage::Plugin => "plugin",
-            Stage::Trap => "trap",
-            Stage::Schema => "schema",
-            Stage::Sink => "sink",
-        }
-    }
-}
-
 /// A batch's writes, grouped by output, plus its dead letters.
 #[derive(Default)]
 pub struct Routed {
@@ -210,12 +147,24 @@ pub struct Routed {
     pub dead_letters: Vec<Row>,
 }
 
+/// What every dead letter of a batch says about where it comes from.
 pub struct DeadLetterContext<'a> {
     pub pipeline: &'a str,
-    pub plugin: &'a PluginVersion,
+    pub plugin: &'a str,
+    pub plugin_version: &'a str,
+    pub plugin_hash: &'a str,
 }
 
-impl DeadLetterContext<'_> {
+impl<'a> DeadLetterContext<'a> {
+    pub fn new(pipeline: &'a str, plugin: &'a PluginVersion) -> Self {
+        DeadLetterContext {
+            pipeline,
+            plugin: &plugin.name,
+            plugin_version: &plugin.info.version,
+            plugin_hash: &plugin.hash,
+        }
+    }
+
     /// A dead letter for `record`; `suffix` distinguishes several per record.
     pub fn row(&self, record: &Record, stage: Stage, reason: &str, suffix: &str) -> Row {
         let id = format!(
@@ -233,9 +182,9 @@ impl DeadLetterContext<'_> {
         let fields = json!({
             "id": id,
             "pipeline": self.pipeline,
-            "plugin": self.plugin.name,
-            "plugin_version": self.plugin.info.version,
-            "plugin_hash": self.plugin.hash,
+            "plugin": self.plugin,
+            "plugin_version": self.plugin_version,
+            "plugin_hash": self.plugin_hash,
             "stage": stage.as_str(),
             "reason": reason,
             "topic": record.topic,
@@ -286,7 +235,7 @@ pub fn route(
     let mut seen: HashMap<(u32, String), u32> = HashMap::new();
     for out in result.outputs {
         let Some(record) = records.get(out.source as usize) else {
-            tracing::warn!(plugin = %ctx.plugin.name, source = out.source, "output points at no input record; dropped");
+            tracing::warn!(plugin = %ctx.plugin, source = out.source, "output points at no input record; dropped");
             continue;
         };
         let n = seen.entry((out.source, out.output.clone())).or_insert(0);
@@ -424,6 +373,104 @@ fn document_id(
     }
 }
 
+/// Routes and batches for unit tests, over in-memory sinks: no plugin
+/// file, no database.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::sink::MemorySink;
+    use sluice_plugin_sdk::abi::OutputRecord;
+
+    /// Two sinks, `docs` (mongodb) and `rows` (mysql), and pipeline `p`
+    /// with `pipeline_extra` appended to its table.
+    pub fn config(sinks_extra: &str, pipeline_extra: &str) -> Config {
+        let toml = format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:1"
+[sinks.docs]
+type = "mongodb"
+uri = "mongodb://127.0.0.1:1"
+database = "d"
+[sinks.rows]
+type = "mysql"
+url = "mysql://u:p@127.0.0.1:1/d"
+{sinks_extra}
+[[pipelines]]
+name = "p"
+plugin = "orders"
+topics = ["t"]
+{pipeline_extra}
+"#
+        );
+        Config::parse(&toml, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    /// An in-memory sink for each configured sink, to inspect afterwards.
+    pub fn memory_sinks(config: &Config) -> (Sinks, BTreeMap<String, MemorySink>) {
+        let memory: BTreeMap<String, MemorySink> = config
+            .sinks
+            .keys()
+            .map(|name| (name.clone(), MemorySink::new()))
+            .collect();
+        let sinks = memory
+            .iter()
+            .map(|(name, m)| (name.clone(), Arc::new(m.clone()) as Arc<dyn Sink>))
+            .collect();
+        (sinks, memory)
+    }
+
+    /// A plugin declaring `orders` (a keyed table) and `events` (documents).
+    pub fn plugin() -> Plugin {
+        use sluice_plugin_sdk::schema::Type;
+        Plugin::new("orders", "1.0.0")
+            .output(
+                Output::table("orders")
+                    .field("id", Type::text(16))
+                    .primary_key(["id"])
+                    .field("total", Type::Integer),
+            )
+            .output(Output::document("events").field("id", Type::text(16)))
+    }
+
+    pub fn context() -> DeadLetterContext<'static> {
+        DeadLetterContext {
+            pipeline: "p",
+            plugin: "orders",
+            plugin_version: "1.0.0",
+            plugin_hash: "0123456789abcdef",
+        }
+    }
+
+    /// Record `i` of partition 0 of topic `t`, at offset `i`.
+    pub fn record(i: usize) -> Record<'static> {
+        Record {
+            topic: "t",
+            partition: 0,
+            offset: i as i64,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: sluice_plugin_sdk::abi::Headers::EMPTY,
+        }
+    }
+
+    /// One `orders` row per (record index, id, total).
+    pub fn orders(rows: &[(u32, &str, i64)]) -> BatchResult {
+        BatchResult {
+            outputs: rows
+                .iter()
+                .map(|(source, id, total)| OutputRecord {
+                    source: *source,
+                    output: "orders".into(),
+                    value: json!({ "id": id, "total": total }).to_string().into_bytes(),
+                })
+                .collect(),
+            errors: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,5 +546,118 @@ mod tests {
     fn unique_keys_are_left_as_they_are() {
         let ids = [json!("a"), json!("b")];
         assert_eq!(latest_per_key(ids.iter(), 0..2), None);
+    }
+
+    use testing::{config, memory_sinks, plugin};
+
+    fn resolve(config: &Config) -> Result<Routes, String> {
+        let (sinks, _) = memory_sinks(config);
+        Routes::for_declaration(config, &config.pipelines[0], "orders", &plugin(), &sinks)
+    }
+
+    #[test]
+    fn unrouted_outputs_go_to_the_only_sink_that_takes_their_kind() {
+        let routes = resolve(&config("", "")).unwrap();
+        let at = |o: &str| {
+            let r = &routes.outputs[o];
+            (r.sink_name.as_str(), r.target.as_str())
+        };
+        assert_eq!(
+            at("orders"),
+            ("rows", "orders"),
+            "tables default to the mysql sink"
+        );
+        assert_eq!(
+            at("events"),
+            ("docs", "events"),
+            "documents to the mongodb sink"
+        );
+        assert_eq!(
+            (
+                routes.dead_letter.sink_name.as_str(),
+                routes.dead_letter.target.as_str()
+            ),
+            ("docs", "sluice_dead_letters"),
+            "dead letters to the document sink by default"
+        );
+        let routed = resolve(&config(
+            "",
+            "routes.events = { sink = \"rows\", name = \"ev\" }",
+        ))
+        .unwrap();
+        assert_eq!(routed.outputs["events"].sink_name, "rows");
+        assert_eq!(routed.outputs["events"].target, "ev");
+    }
+
+    #[test]
+    fn routing_errors_name_the_key_to_fix() {
+        let e = resolve(&config("", "routes.nope = { sink = \"rows\" }"))
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("pipelines[name=p].routes.nope: plugin 'orders' declares no output 'nope' (it declares: orders, events)"),
+            "{e}"
+        );
+        let two =
+            "[sinks.docs2]\ntype = \"mongodb\"\nuri = \"mongodb://127.0.0.1:1\"\ndatabase = \"d\"";
+        let e = resolve(&config(two, "dead_letter = { sink = \"rows\" }"))
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("output 'events' has no route and there is not exactly one 'mongodb' sink to default to; add routes.events"),
+            "{e}"
+        );
+        let e = resolve(&config("", "offsets = \"sink\"\ndead_letter = { sink = \"rows\" }\nroutes.orders = { sink = \"rows\" }")).err().unwrap();
+        assert!(
+            e.contains(
+                "output 'events' of plugin 'orders' goes to sink 'docs', but offsets = \"mysql\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn invalid_and_undeclared_outputs_and_rejections_become_dead_letters() {
+        let config = config("", "");
+        let routes = resolve(&config).unwrap();
+        let records: Vec<_> = (0..4).map(testing::record).collect();
+        let mut result = testing::orders(&[(0, "a", 1), (1, "b", 2)]);
+        result.outputs.push(sluice_plugin_sdk::abi::OutputRecord {
+            source: 2,
+            output: "orders".into(),
+            value: br#"{"id": "c", "total": "many"}"#.to_vec(),
+        });
+        result.outputs.push(sluice_plugin_sdk::abi::OutputRecord {
+            source: 2,
+            output: "nowhere".into(),
+            value: b"{}".to_vec(),
+        });
+        result.errors.push(sluice_plugin_sdk::abi::RecordError {
+            source: 3,
+            reason: "bad input".into(),
+        });
+        let routed = route(&records, result, &routes, &testing::context());
+        assert_eq!(routed.rows["orders"].len(), 2);
+        let reasons: Vec<(&str, &str)> = routed
+            .dead_letters
+            .iter()
+            .map(|d| {
+                (
+                    d.fields["stage"].as_str().unwrap(),
+                    d.fields["reason"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("plugin", "bad input"),
+                (
+                    "schema",
+                    "output 'orders': field 'total': expected an integer, got a string"
+                ),
+                ("schema", "output 'nowhere' is not declared by the plugin"),
+            ]
+        );
     }
 }

@@ -1,20 +1,25 @@
 //! Batch encoding: how records and results cross the WebAssembly boundary.
 //!
-//! One packed byte buffer per call is markedly faster than a `list<record>`
-//! (see DESIGN.md), so both directions are a flat little-endian encoding.
-//! Any language can implement it in a few dozen lines:
+//! One packed byte buffer per call is markedly faster than a `list<record>`,
+//! so both directions are a flat little-endian encoding that any language can
+//! implement in a few dozen lines. The specification, byte by byte, is
+//! `docs/plugin-abi.md`; the golden vectors every SDK must decode and
+//! re-encode exactly are in `plugin-sdk/tests/vectors/`. In short:
 //!
 //! ```text
-//! batch   := u32 count, record*
+//! batch   := "SLB" u8 version, u32 count, record*
 //! record  := str topic, i32 partition, i64 offset, i64 timestamp_ms (i64::MIN = none),
 //!            bytes? key, bytes? value, u32 header_count, (str name, bytes? value)*
-//! result  := u32 count, output*, u32 count, error*
+//! result  := "SLR" u8 version, u32 count, output*, u32 count, error*
 //! output  := u32 source_index, str output_name, bytes json_value
 //! error   := u32 source_index, str reason
 //! str     := u32 len, utf-8 bytes
 //! bytes   := u32 len, bytes
 //! bytes?  := u32 len (u32::MAX = absent), bytes
 //! ```
+//!
+//! `version` is [`VERSION`]; a decoder accepts only its own version and
+//! reports any other, naming both (see [`DecodeError`]).
 
 use std::fmt;
 
@@ -90,12 +95,123 @@ pub struct BatchResult {
     pub errors: Vec<RecordError>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub &'static str);
+/// The version of the packed encoding, both directions, that this SDK
+/// writes and reads. Bumped on any change to the bytes; a decoder accepts
+/// only its own version.
+pub const VERSION: u8 = 1;
+
+/// The first four bytes of a packed batch: magic `SLB`, then [`VERSION`].
+pub const BATCH_HEADER: [u8; 4] = [b'S', b'L', b'B', VERSION];
+
+/// The first four bytes of a packed result: magic `SLR`, then [`VERSION`].
+pub const RESULT_HEADER: [u8; 4] = [b'S', b'L', b'R', VERSION];
+
+/// Which of the two encodings a buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Host to plugin: the records of one call.
+    Batch,
+    /// Plugin to host: what the plugin made of them.
+    Result,
+}
+
+impl Encoding {
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Batch => "batch",
+            Encoding::Result => "result",
+        }
+    }
+
+    fn header(self) -> [u8; 4] {
+        match self {
+            Encoding::Batch => BATCH_HEADER,
+            Encoding::Result => RESULT_HEADER,
+        }
+    }
+}
+
+/// What is wrong with a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The buffer ends inside a field.
+    Truncated,
+    /// Bytes follow the last field.
+    TrailingBytes,
+    /// A `str` field (topic, header name, output name, reason) is not UTF-8.
+    InvalidUtf8,
+    /// A count is larger than the rest of the buffer could possibly hold.
+    CountExceedsBuffer,
+    /// The buffer is the other encoding: a result where a batch was
+    /// expected, or a batch where a result was.
+    WrongEncoding,
+    /// The header carries this version instead of [`VERSION`]; 0 when there
+    /// is no header at all (an encoder from before the encoding had a
+    /// version, or not a packed buffer).
+    Version(u8),
+}
+
+/// Why a packed batch or result was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeError {
+    pub encoding: Encoding,
+    pub problem: Problem,
+}
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed packed batch: {}", self.0)
+        let what = self.encoding.name();
+        let reason = match self.problem {
+            Problem::Version(found) => return self.version_mismatch(f, found),
+            Problem::Truncated => "truncated",
+            Problem::TrailingBytes => "trailing bytes",
+            Problem::InvalidUtf8 => "string is not UTF-8",
+            Problem::CountExceedsBuffer => "count exceeds buffer",
+            Problem::WrongEncoding => match self.encoding {
+                Encoding::Batch => "it is a packed result, not a batch",
+                Encoding::Result => "it is a packed batch, not a result",
+            },
+        };
+        write!(f, "malformed packed {what}: {reason}")
+    }
+}
+
+impl DecodeError {
+    /// Batches go host to plugin, results plugin to host: name the side
+    /// that is behind and what to rebuild.
+    fn version_mismatch(&self, f: &mut fmt::Formatter<'_>, found: u8) -> fmt::Result {
+        let (sender, reader, host, plugin) = match self.encoding {
+            Encoding::Batch => ("host", "plugin's SDK", found, VERSION),
+            Encoding::Result => ("plugin", "host", VERSION, found),
+        };
+        let version = |v: u8| {
+            if v == 0 {
+                "version 0 (unversioned)".to_string()
+            } else {
+                format!("version {v}")
+            }
+        };
+        write!(
+            f,
+            "{sender} encoded the {what} with ABI {}, {reader} expects ABI {}: ",
+            version(found),
+            version(VERSION),
+            what = self.encoding.name(),
+        )?;
+        if plugin < host {
+            write!(
+                f,
+                "rebuild the plugin with the sluice-plugin-sdk for ABI {}",
+                version(host)
+            )
+        } else {
+            write!(
+                f,
+                "upgrade the host, or rebuild the plugin with the sluice-plugin-sdk for ABI {}",
+                version(host)
+            )
+        }
     }
 }
 
@@ -103,6 +219,24 @@ impl std::error::Error for DecodeError {}
 
 const ABSENT: u32 = u32::MAX;
 const NO_TIMESTAMP: i64 = i64::MIN;
+/// Smallest encodings, to refuse absurd counts before allocating: a record
+/// is 4 + 4 + 8 + 8 + 4 + 4 + 4 bytes with everything empty, a header
+/// 4 + 4, an output 4 + 4 + 4, an error 4 + 4.
+const MIN_RECORD: usize = 36;
+const MIN_HEADER: usize = 8;
+const MIN_OUTPUT: usize = 12;
+const MIN_ERROR: usize = 8;
+
+/// The output count of a packed result, read without decoding it (the host
+/// checks its limits first). `None` unless the buffer starts with
+/// [`RESULT_HEADER`] and holds a count; [`decode_result`] then says what is
+/// wrong.
+pub fn result_output_count(buf: &[u8]) -> Option<u32> {
+    if buf.get(..4)? != RESULT_HEADER {
+        return None;
+    }
+    Some(u32::from_le_bytes(buf.get(4..8)?.try_into().unwrap()))
+}
 
 /// Appends records to a packed batch. The count is patched in by `finish`.
 pub struct BatchWriter {
@@ -116,9 +250,15 @@ impl Default for BatchWriter {
     }
 }
 
+/// Header and count: where the records start.
+const PREFIX: usize = 8;
+
 impl BatchWriter {
+    /// A writer with room for `bytes` of records (the header and count are
+    /// extra).
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = Vec::with_capacity(bytes + 4);
+        let mut buf = Vec::with_capacity(bytes + PREFIX);
+        buf.extend_from_slice(&BATCH_HEADER);
         buf.extend_from_slice(&0u32.to_le_bytes());
         Self { buf, count: 0 }
     }
@@ -156,7 +296,7 @@ impl BatchWriter {
     }
 
     pub fn finish(mut self) -> Vec<u8> {
-        self.buf[0..4].copy_from_slice(&self.count.to_le_bytes());
+        self.buf[4..PREFIX].copy_from_slice(&self.count.to_le_bytes());
         self.buf
     }
 }
@@ -170,13 +310,19 @@ pub fn encode_batch<'a>(records: impl IntoIterator<Item = &'a Record<'a>>) -> Ve
     w.finish()
 }
 
+/// Decodes a packed batch. Records borrow from `buf`; headers are checked
+/// here and read lazily.
 pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record<'_>>, DecodeError> {
+    batch(buf).map_err(|problem| DecodeError {
+        encoding: Encoding::Batch,
+        problem,
+    })
+}
+
+fn batch(buf: &[u8]) -> Result<Vec<Record<'_>>, Problem> {
     let mut r = Reader { buf };
-    let count = r.u32()?;
-    // Each record takes at least 36 bytes: refuse absurd counts before allocating.
-    if count as usize > buf.len() / 36 + 1 {
-        return Err(DecodeError("record count exceeds buffer"));
-    }
+    r.header(Encoding::Batch)?;
+    let count = r.count(MIN_RECORD)?;
     let mut records = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let topic = r.str()?;
@@ -185,7 +331,7 @@ pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record<'_>>, DecodeError> {
         let ts = r.i64()?;
         let key = r.opt_bytes()?;
         let value = r.opt_bytes()?;
-        let header_count = r.u32()?;
+        let header_count = r.count(MIN_HEADER)?;
         let start = r.buf;
         for _ in 0..header_count {
             r.str()?;
@@ -210,12 +356,18 @@ pub fn decode_batch(buf: &[u8]) -> Result<Vec<Record<'_>>, DecodeError> {
 }
 
 pub fn encode_result(result: &BatchResult) -> Vec<u8> {
-    let size: usize = result
+    let outputs: usize = result
         .outputs
         .iter()
-        .map(|o| o.value.len() + o.output.len() + 12)
+        .map(|o| o.value.len() + o.output.len() + MIN_OUTPUT)
         .sum();
-    let mut b = Vec::with_capacity(size + 8);
+    let errors: usize = result
+        .errors
+        .iter()
+        .map(|e| e.reason.len() + MIN_ERROR)
+        .sum();
+    let mut b = Vec::with_capacity(PREFIX + outputs + 4 + errors);
+    b.extend_from_slice(&RESULT_HEADER);
     b.extend_from_slice(&(result.outputs.len() as u32).to_le_bytes());
     for o in &result.outputs {
         b.extend_from_slice(&o.source.to_le_bytes());
@@ -230,12 +382,18 @@ pub fn encode_result(result: &BatchResult) -> Vec<u8> {
     b
 }
 
+/// Decodes a packed result (the host does, for every call).
 pub fn decode_result(buf: &[u8]) -> Result<BatchResult, DecodeError> {
+    result(buf).map_err(|problem| DecodeError {
+        encoding: Encoding::Result,
+        problem,
+    })
+}
+
+fn result(buf: &[u8]) -> Result<BatchResult, Problem> {
     let mut r = Reader { buf };
-    let n = r.u32()?;
-    if n as usize > buf.len() / 12 + 1 {
-        return Err(DecodeError("output count exceeds buffer"));
-    }
+    r.header(Encoding::Result)?;
+    let n = r.count(MIN_OUTPUT)?;
     let mut outputs = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let source = r.u32()?;
@@ -247,8 +405,8 @@ pub fn decode_result(buf: &[u8]) -> Result<BatchResult, DecodeError> {
             value,
         });
     }
-    let n = r.u32()?;
-    let mut errors = Vec::new();
+    let n = r.count(MIN_ERROR)?;
+    let mut errors = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let source = r.u32()?;
         let reason = r.str()?.to_owned();
@@ -279,48 +437,75 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Problem> {
         if self.buf.len() < n {
-            return Err(DecodeError("truncated"));
+            return Err(Problem::Truncated);
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
         Ok(head)
     }
 
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    /// The four header bytes: magic, kind, version.
+    fn header(&mut self, encoding: Encoding) -> Result<(), Problem> {
+        let expected = encoding.header();
+        let found = self.take(4)?;
+        if found == expected {
+            return Ok(());
+        }
+        let other = match encoding {
+            Encoding::Batch => RESULT_HEADER,
+            Encoding::Result => BATCH_HEADER,
+        };
+        Err(match found {
+            [b'S', b'L', kind, version] if *kind == expected[2] => Problem::Version(*version),
+            [b'S', b'L', kind, _] if *kind == other[2] => Problem::WrongEncoding,
+            _ => Problem::Version(0),
+        })
+    }
+
+    /// A count of items at least `min_size` bytes each.
+    fn count(&mut self, min_size: usize) -> Result<u32, Problem> {
+        let n = self.u32()?;
+        if n as usize > self.buf.len() / min_size {
+            return Err(Problem::CountExceedsBuffer);
+        }
+        Ok(n)
+    }
+
+    fn u32(&mut self) -> Result<u32, Problem> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 
-    fn i32(&mut self) -> Result<i32, DecodeError> {
+    fn i32(&mut self) -> Result<i32, Problem> {
         Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 
-    fn i64(&mut self) -> Result<i64, DecodeError> {
+    fn i64(&mut self) -> Result<i64, Problem> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    fn bytes(&mut self) -> Result<&'a [u8], Problem> {
         let n = self.u32()? as usize;
         self.take(n)
     }
 
-    fn opt_bytes(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
+    fn opt_bytes(&mut self) -> Result<Option<&'a [u8]>, Problem> {
         match self.u32()? {
             ABSENT => Ok(None),
             n => self.take(n as usize).map(Some),
         }
     }
 
-    fn str(&mut self) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8"))
+    fn str(&mut self) -> Result<&'a str, Problem> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| Problem::InvalidUtf8)
     }
 
-    fn end(&self) -> Result<(), DecodeError> {
+    fn end(&self) -> Result<(), Problem> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError("trailing bytes"))
+            Err(Problem::TrailingBytes)
         }
     }
 }
@@ -399,6 +584,86 @@ mod tests {
         };
         let buf = encode_result(&res);
         assert_eq!(decode_result(&buf).unwrap(), res);
+        assert_eq!(result_output_count(&buf), Some(1));
         assert!(decode_result(&buf[..buf.len() - 1]).is_err());
+    }
+
+    fn problem<T: fmt::Debug>(r: Result<T, DecodeError>) -> (Problem, String) {
+        let e = r.unwrap_err();
+        (e.problem, e.to_string())
+    }
+
+    #[test]
+    fn buffers_start_with_their_header() {
+        assert_eq!(&sample()[..4], b"SLB\x01");
+        assert_eq!(&encode_result(&BatchResult::default())[..4], b"SLR\x01");
+        assert_eq!(BATCH_HEADER[3], VERSION);
+        assert_eq!(RESULT_HEADER[3], VERSION);
+    }
+
+    #[test]
+    fn other_versions_are_named_with_both_numbers() {
+        let mut batch = sample();
+        batch[3] = VERSION + 1;
+        let (p, msg) = problem(decode_batch(&batch));
+        assert_eq!(p, Problem::Version(VERSION + 1));
+        assert_eq!(
+            msg,
+            format!(
+                "host encoded the batch with ABI version {}, plugin's SDK expects ABI version \
+                 {VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI version {}",
+                VERSION + 1,
+                VERSION + 1
+            )
+        );
+
+        let mut result = encode_result(&BatchResult::default());
+        result[3] = VERSION + 1;
+        let (p, msg) = problem(decode_result(&result));
+        assert_eq!(p, Problem::Version(VERSION + 1));
+        assert!(msg.contains("upgrade the host"), "{msg}");
+        assert_eq!(result_output_count(&result), None);
+    }
+
+    #[test]
+    fn unversioned_results_ask_for_a_rebuild() {
+        // What an SDK from before the header wrote: two zero counts.
+        let (p, msg) = problem(decode_result(&[0; 8]));
+        assert_eq!(p, Problem::Version(0));
+        assert_eq!(
+            msg,
+            format!(
+                "plugin encoded the result with ABI version 0 (unversioned), host expects ABI \
+                 version {VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI \
+                 version {VERSION}"
+            )
+        );
+        assert_eq!(problem(decode_batch(&[0; 8])).0, Problem::Version(0));
+    }
+
+    #[test]
+    fn a_result_is_not_a_batch() {
+        let result = encode_result(&BatchResult::default());
+        let (p, msg) = problem(decode_batch(&result));
+        assert_eq!(p, Problem::WrongEncoding);
+        assert_eq!(
+            msg,
+            "malformed packed batch: it is a packed result, not a batch"
+        );
+        assert_eq!(problem(decode_result(&sample())).0, Problem::WrongEncoding);
+    }
+
+    #[test]
+    fn counts_beyond_the_buffer_are_refused_before_allocating() {
+        let mut batch = BATCH_HEADER.to_vec();
+        batch.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(problem(decode_batch(&batch)).0, Problem::CountExceedsBuffer);
+        let mut result = RESULT_HEADER.to_vec();
+        result.extend_from_slice(&0u32.to_le_bytes());
+        result.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            problem(decode_result(&result)).0,
+            Problem::CountExceedsBuffer
+        );
     }
 }

@@ -16,7 +16,7 @@
 //! (default 3) set the size.
 
 use sluice::config::Config;
-use sluice::scheduler::ledger::Ledger;
+use sluice::ledger::Ledger;
 use sluice_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! over rounds so neither always runs on a warmer database.
 
 use sluice::config::Config;
-use sluice::scheduler::ledger::Ledger;
+use sluice::ledger::Ledger;
 use sluice::{Host, RunMode};
 use sluice_tests::*;
 use std::path::Path;

@@ -9,7 +9,7 @@ use sluice::runtime::{PluginVersion, Registry};
 use sluice_tests::*;
 use std::time::Duration;
 
-fn report(registry: &Registry, plugin: &str) -> Option<sluice::canary::Report> {
+fn report(registry: &Registry, plugin: &str) -> Option<sluice::model::canary::Report> {
     registry
         .states()
         .remove(plugin)

@@ -262,10 +262,11 @@ async fn hot_reload_mid_stream_loses_and_duplicates_nothing_and_rejects_corrupt_
         .map(|r| r.plugin_version.clone().unwrap())
         .collect();
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), ["1.0.0", "2.0.0"]);
-    assert!(runs.iter().all(
-        |r| r.trigger == sluice::scheduler::ledger::Trigger::Continuous
-            && r.state == sluice::scheduler::ledger::RunState::Succeeded
-    ));
+    assert!(
+        runs.iter()
+            .all(|r| r.trigger == sluice::ledger::Trigger::Continuous
+                && r.state == sluice::ledger::RunState::Succeeded)
+    );
     assert_eq!(runs.iter().map(|r| r.records_in).sum::<u64>(), total as u64);
 }
 

@@ -160,6 +160,10 @@ fn describe_time_misbehaviour_and_foreign_imports_are_refused_with_file_and_reas
             "import",
             "cannot instantiate (imports something the host does not provide?)",
         ),
+        (
+            "encoding-v0",
+            "cannot read this host's batches (an empty batch failed: malformed packed batch: record count exceeds buffer); it was probably built with another sluice-plugin-sdk: rebuild it with the SDK for packed encoding version 1",
+        ),
     ];
     for (feature, want) in cases {
         let wasm = hostile_wasm(Some(feature));

@@ -498,7 +498,7 @@ async fn run_stream(seed: u64, events: usize, kills: usize) -> Outcome {
     // The ledger counts each record once, interrupted runs included.
     let text = std::fs::read_to_string(&config).unwrap();
     let parsed = sluice::config::Config::parse(&text, &config).unwrap();
-    let ledger = sluice::scheduler::ledger::Ledger::open_existing(&parsed)
+    let ledger = sluice::ledger::Ledger::open_existing(&parsed)
         .await
         .unwrap();
     let mut interrupted = 0;
@@ -507,7 +507,7 @@ async fn run_stream(seed: u64, events: usize, kills: usize) -> Outcome {
         let counted: u64 = runs.iter().map(|r| r.records_in).sum();
         let cut: Vec<_> = runs
             .iter()
-            .filter(|r| r.state == sluice::scheduler::ledger::RunState::Interrupted)
+            .filter(|r| r.state == sluice::ledger::RunState::Interrupted)
             .collect();
         interrupted += cut.iter().filter(|r| r.records_in > 0).count();
         if counted != events as u64 {

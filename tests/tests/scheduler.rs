@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice::config::Config;
-use sluice::scheduler::ledger::{Ledger, Run, RunState, Trigger};
+use sluice::ledger::{Ledger, Run, RunState, Trigger};
 use sluice::{Host, RunMode};
 use sluice_tests::*;
 use std::collections::BTreeMap;
@@ -610,4 +610,38 @@ async fn backfill_of_a_processed_window_changes_no_counts_and_the_cli_drives_the
     host.stop().await;
     let (ok, text) = cli(vec!["pipelines".into()]).await;
     assert!(!ok && text.contains("is `sluice run` running"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_a_topic_that_does_not_exist_fails_at_once_naming_it() {
+    init_logs();
+    let dir = orders_plugins();
+    let topic = unique("no_such_topic");
+    let extra = "schedule = { every = \"1h\" }\nretry = { max_attempts = 3, backoff = \"1s\" }";
+    let (config, _path, pipeline, _table) = orders_pipeline(&dir, &topic, extra);
+    let host = Host::start(config.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    let error = host
+        .run(std::future::pending(), RunMode::Once)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    println!("{error:#} after {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "a missing topic will not appear by waiting: failed after {took:?}"
+    );
+    let ledger = Ledger::open(&config).await.unwrap();
+    let all = runs(&ledger, &pipeline).await;
+    assert_eq!(
+        all.len(),
+        1,
+        "no retry of a run that cannot succeed: {all:#?}"
+    );
+    assert_eq!(all[0].state, RunState::Failed);
+    let why = all[0].error.as_deref().unwrap();
+    assert!(
+        why.contains(&format!("topic '{topic}' does not exist")),
+        "{why}"
+    );
 }

@@ -17,8 +17,8 @@
 
 pub mod client;
 
+use crate::ledger::{Ledger, Run};
 use crate::runtime::Registry;
-use crate::scheduler::ledger::{Ledger, Run};
 use crate::scheduler::{Command, Handle, Refused};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -85,7 +85,7 @@ pub struct PluginView {
 pub struct CanaryView {
     pub version: String,
     pub hash: String,
-    pub report: crate::canary::Report,
+    pub report: crate::model::canary::Report,
 }
 
 /// The answer to a promote or rollback.
@@ -195,7 +195,7 @@ async fn pipelines(State(state): State<Arc<ApiState>>) -> Reply<Vec<PipelineView
 }
 
 fn degraded(state: &ApiState, pipeline: &str) -> Option<String> {
-    state.stats.get(pipeline)?.degraded.lock().unwrap().clone()
+    state.stats.get(pipeline)?.degraded()
 }
 
 async fn health(State(state): State<Arc<ApiState>>) -> Json<Health> {

@@ -11,7 +11,8 @@ use sluice::api::{
     BackfillRequest, PipelineView, PluginChanged, PluginView, ReplayRequest, Submitted,
 };
 use sluice::config::Config;
-use sluice::scheduler::ledger::{Ledger, Run};
+use sluice::ledger::{Ledger, Run};
+use sluice::runtime::short_hash;
 use std::path::{Path, PathBuf};
 use table::Table;
 
@@ -140,7 +141,7 @@ fn outputs(run: &Run) -> String {
 fn plugin(run: &Run) -> String {
     match (&run.plugin, &run.plugin_version, &run.plugin_hash) {
         (Some(name), Some(version), Some(hash)) => {
-            format!("{name} {version} ({})", &hash[..hash.len().min(12)])
+            format!("{name} {version} ({})", short_hash(hash))
         }
         _ => "-".into(),
     }
@@ -284,9 +285,7 @@ pub fn pipelines(config: &Path, json: bool) -> anyhow::Result<()> {
                 "{} {} ({})",
                 v.plugin,
                 v.plugin_version.as_deref().unwrap_or("not loaded"),
-                v.plugin_hash
-                    .as_deref()
-                    .map_or("", |h| &h[..h.len().min(12)])
+                v.plugin_hash.as_deref().map_or("", short_hash)
             ),
         ]);
     }
@@ -353,7 +352,7 @@ pub fn plugins(action: Option<PluginsCommand>, list: PluginsArgs) -> anyhow::Res
         "{} {} ({}) {done}",
         changed.plugin,
         changed.version,
-        &changed.hash[..12]
+        short_hash(&changed.hash)
     );
     Ok(())
 }
@@ -364,11 +363,7 @@ fn list_plugins(config: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
-    let short = |h: &Option<String>| {
-        h.as_deref()
-            .map_or("", |h| &h[..h.len().min(12)])
-            .to_string()
-    };
+    let short = |h: &Option<String>| h.as_deref().map_or("", short_hash).to_string();
     let mut table = Table::new(&["PLUGIN", "VERSION", "HASH", "RELOAD", "STATE", "CANARY"]);
     for v in &views {
         table.row(vec![
@@ -382,9 +377,9 @@ fn list_plugins(config: &Path, json: bool) -> anyhow::Result<()> {
                 "serving"
             }
             .into(),
-            v.canary
-                .as_ref()
-                .map_or("-".into(), |c| format!("{} ({})", c.version, &c.hash[..12])),
+            v.canary.as_ref().map_or("-".into(), |c| {
+                format!("{} ({})", c.version, short_hash(&c.hash))
+            }),
         ]);
     }
     table.print();
@@ -521,4 +516,17 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")
         .map(|t| t.and_utc())
         .map_err(|_| format!("'{text}' is not a time: use RFC 3339 (2026-11-30T08:00:00Z), '2026-11-30 08:00:00' (UTC), 'now' or '2h ago'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_from_the_api_print_whole_when_short_and_cut_at_twelve_otherwise() {
+        assert_eq!(short_hash("abc"), "abc", "a short hash must not panic");
+        assert_eq!(short_hash(""), "");
+        assert_eq!(short_hash(&"0123456789abcdef".repeat(4)), "0123456789ab");
+        assert_eq!(short_hash("ééééééééééééé"), "éééééééééééé");
+    }
 }

@@ -4,11 +4,16 @@
 //! file, the key path and the line, never a silently ignored setting.
 
 mod duration;
+mod schedule;
 mod secret;
+mod sinks;
 
+pub use schedule::{MAX_INTERVAL, Schedule};
 pub use secret::Secret;
+pub use sinks::{SINK_TYPES, SinkConfig, SinkType};
 
 use serde::Deserialize;
+use sluice_plugin_sdk::schema::OutputKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -137,40 +142,6 @@ pub struct KafkaConfig {
     pub options: BTreeMap<String, Secret>,
 }
 
-/// A database outputs are written to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// A MongoDB-protocol server; document outputs go here by default.
-    Mongodb {
-        /// Connection string, e.g. `mongodb://127.0.0.1:27017`; may use `${env:..}`/`${file:..}`.
-        uri: Secret,
-        /// Database the collections live in.
-        database: String,
-    },
-    /// A MySQL-protocol server; table outputs go here by default.
-    Mysql {
-        /// Connection URL, e.g. `mysql://user:${env:PW}@127.0.0.1:3306/db`.
-        url: Secret,
-        /// Connections in the pool.
-        #[serde(default = "default_pool")]
-        max_connections: u32,
-    },
-}
-
-fn default_pool() -> u32 {
-    4
-}
-
-impl SinkConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Mongodb { .. } => "mongodb",
-            SinkConfig::Mysql { .. } => "mysql",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -215,19 +186,24 @@ pub struct PipelineConfig {
     pub canary_batches: u32,
     /// Where the consumer offsets are stored: in Kafka after the sinks
     /// acknowledged (`kafka`, the default: at-least-once, idempotent
-    /// upserts absorb replays), or in the same MySQL transaction as the
-    /// rows (`mysql`: exactly-once; every output and the dead letters must
-    /// go to one MySQL sink).
+    /// upserts absorb replays), or in the same transaction as the rows
+    /// (`sink`, also spelled `mysql`: exactly-once; every output and the
+    /// dead letters must go to one sink that has transactions, MySQL).
     #[serde(default)]
     pub offsets: OffsetStore,
 }
 
+/// Where a pipeline's consumer offsets are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OffsetStore {
+    /// In Kafka, committed after the sinks acknowledged: at-least-once.
     #[default]
     Kafka,
-    Mysql,
+    /// In the sink, in the same transaction as the rows: exactly-once.
+    /// `"mysql"` is the name this had when MySQL was the only such sink.
+    #[serde(alias = "mysql")]
+    Sink,
 }
 
 fn default_canary_batches() -> u32 {
@@ -514,22 +490,30 @@ impl Config {
         Ok(config)
     }
 
-    /// `offsets = "mysql"`: the rows, the dead letters and the offsets are
-    /// written in one transaction, so they must all go to one MySQL sink.
-    /// Returns the pipeline key that breaks it.
-    fn check_one_mysql_sink(&self, p: &PipelineConfig) -> Result<(), (&'static str, String)> {
-        let (sink, _) = crate::router::dead_letter_sink(self, p).map_err(|_| {
+    /// `offsets = "sink"`: the rows, the dead letters and the offsets are
+    /// written in one transaction, so they must all go to one sink that
+    /// has transactions. Returns the pipeline key that breaks it.
+    fn check_one_transactional_sink(
+        &self,
+        p: &PipelineConfig,
+    ) -> Result<(), (&'static str, String)> {
+        let (sink, _) = self.dead_letter_sink(p).map_err(|_| {
             (
                 "dead_letter.sink",
                 "no sink for dead letters; set dead_letter.sink".to_string(),
             )
         })?;
-        let hint = "offsets = \"mysql\" writes the rows, the dead letters and the offsets in one MySQL transaction";
-        if self.sinks.get(&sink).map(SinkConfig::kind) != Some("mysql") {
+        let kinds = transactional_kinds();
+        let hint = "offsets = \"sink\" (or \"mysql\") writes the rows, the dead letters and the offsets in one transaction";
+        if !self
+            .sinks
+            .get(&sink)
+            .is_some_and(|s| s.sink_type().transactional)
+        {
             return Err((
                 "dead_letter.sink",
                 format!(
-                    "dead letters go to sink '{sink}', which is not a mysql sink; {hint}, so set dead_letter.sink to the pipeline's mysql sink"
+                    "dead letters go to sink '{sink}', which is not a {kinds} sink; {hint}, so set dead_letter.sink to the pipeline's {kinds} sink"
                 ),
             ));
         }
@@ -582,12 +566,12 @@ impl Config {
             {
                 return Err((key("dead_letter.sink"), self.unknown_sink(sink)));
             }
-            crate::scheduler::Schedule::from_config(&p.schedule)
+            Schedule::from_config(&p.schedule)
                 .map_err(|(k, e)| (key(&format!("schedule{k}")), e))?;
             if !(1..=100).contains(&p.retry.max_attempts) {
                 return Err((key("retry.max_attempts"), "must be from 1 to 100".into()));
             }
-            if p.retry.backoff > crate::scheduler::MAX_INTERVAL {
+            if p.retry.backoff > MAX_INTERVAL {
                 return Err((key("retry.backoff"), "must be at most 366 days".into()));
             }
             for (guest, host) in &p.grants.read_dirs {
@@ -604,8 +588,9 @@ impl Config {
                     ));
                 }
             }
-            if p.offsets == OffsetStore::Mysql {
-                self.check_one_mysql_sink(p).map_err(|(k, e)| (key(k), e))?;
+            if p.offsets == OffsetStore::Sink {
+                self.check_one_transactional_sink(p)
+                    .map_err(|(k, e)| (key(k), e))?;
             }
             // A plugin's versions are promoted per plugin, so its pipelines
             // must agree on how a new version takes over.
@@ -643,12 +628,13 @@ impl Config {
         if let Some(sink) = &self.ledger.sink {
             match self.sinks.get(sink) {
                 None => return Err(("ledger.sink".into(), self.unknown_sink(sink))),
-                Some(s) if s.kind() != "mysql" => {
+                Some(s) if !s.sink_type().transactional => {
                     return Err((
                         "ledger.sink".into(),
                         format!(
-                            "sink '{sink}' is {}; the ledger needs a mysql sink (or no `ledger.sink` for the embedded SQLite ledger)",
-                            s.kind()
+                            "sink '{sink}' is {}; the ledger needs a {} sink (or no `ledger.sink` for the embedded SQLite ledger)",
+                            s.kind(),
+                            transactional_kinds()
                         ),
                     ));
                 }
@@ -670,14 +656,50 @@ impl Config {
         )
     }
 
-    /// The only sink of a given type, used when an output has no route.
-    pub fn only_sink_of(&self, kind: &str) -> Option<&str> {
-        let mut it = self.sinks.iter().filter(|(_, s)| s.kind() == kind);
+    /// Where outputs of this kind go without a route: the only sink whose
+    /// type takes that kind by default.
+    pub fn default_sink_for(&self, kind: OutputKind) -> Option<&str> {
+        let mut it = self
+            .sinks
+            .iter()
+            .filter(|(_, s)| s.sink_type().default_for == kind);
         match (it.next(), it.next()) {
             (Some((name, _)), None) => Some(name),
             _ => None,
         }
     }
+
+    /// Where a pipeline's dead letters go: (sink name, table or collection).
+    /// Without `dead_letter.sink`, the only document sink, else the only
+    /// table sink.
+    pub fn dead_letter_sink(&self, pipeline: &PipelineConfig) -> Result<(String, String), String> {
+        let sink = pipeline
+            .dead_letter
+            .sink
+            .clone()
+            .or_else(|| {
+                self.default_sink_for(OutputKind::Document)
+                    .or_else(|| self.default_sink_for(OutputKind::Table))
+                    .map(String::from)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "pipelines[name={}].dead_letter: no sink for dead letters; set dead_letter.sink",
+                    pipeline.name
+                )
+            })?;
+        Ok((sink, pipeline.dead_letter.name.clone()))
+    }
+}
+
+/// The sink types that have transactions, for messages: "mysql".
+fn transactional_kinds() -> String {
+    let kinds: Vec<&str> = SINK_TYPES
+        .iter()
+        .filter(|t| t.transactional)
+        .map(|t| t.name)
+        .collect();
+    kinds.join(" or ")
 }
 
 /// Appends "(line L, column C)" to a TOML error message.

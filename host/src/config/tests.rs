@@ -35,7 +35,8 @@ fn parses_a_full_config() {
     assert_eq!(p.batch.max_wait, Duration::from_millis(250));
     assert_eq!(p.group_id(), "sluice-orders");
     assert_eq!(p.routes["orders"].name.as_deref(), Some("shop_orders"));
-    assert_eq!(c.only_sink_of("mongodb"), Some("mongodb"));
+    assert_eq!(c.default_sink_for(OutputKind::Document), Some("mongodb"));
+    assert_eq!(c.default_sink_for(OutputKind::Table), Some("mysql"));
     assert_eq!(p.limits.memory_mib, 64);
 }
 
@@ -220,7 +221,16 @@ fn grants_engine_and_reload_mode() {
 fn offsets_in_mysql_need_the_dead_letters_and_every_route_in_one_mysql_sink() {
     let eo = |extra: &str| format!("{GOOD}offsets = \"mysql\"\n{extra}");
     let c = parse(&eo("dead_letter = { sink = \"mysql\" }")).unwrap();
-    assert_eq!(c.pipelines[0].offsets, OffsetStore::Mysql);
+    assert_eq!(c.pipelines[0].offsets, OffsetStore::Sink);
+    let alias = parse(
+        &eo("dead_letter = { sink = \"mysql\" }").replace("\"mysql\"\ndead", "\"sink\"\ndead"),
+    )
+    .unwrap();
+    assert_eq!(
+        alias.pipelines[0].offsets,
+        OffsetStore::Sink,
+        "offsets = \"sink\" is the new name of \"mysql\""
+    );
     assert_eq!(
         parse(GOOD).unwrap().pipelines[0].offsets,
         OffsetStore::Kafka

@@ -1,11 +1,14 @@
 //! Dead letters you can act on: read back from the dead-letter sink
 //! (`sluice dlq list`) and replayed through the current plugin version
-//! (`sluice dlq replay`, see `Pipeline::replay`).
+//! (`sluice dlq replay`, see `replay`).
+
+mod replay;
+
+pub use replay::replay;
 
 use crate::config::{Config, PipelineConfig};
-use crate::router::{dead_letter_decl, dead_letter_sink};
+use crate::model::{SourceRecord, dead_letter_decl};
 use crate::sink::Sink;
-use rdkafka::message::{OwnedMessage, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -40,8 +43,8 @@ impl DeadLetter {
             .map_err(|e| format!("unreadable dead letter: {e}"))
     }
 
-    /// The Kafka record it came from (headers are not kept in dead letters).
-    pub fn to_message(&self) -> Result<OwnedMessage, String> {
+    /// The record it came from (headers are not kept in dead letters).
+    pub fn to_record(&self) -> Result<SourceRecord, String> {
         let decode = |text: &Option<String>| -> Result<Option<Vec<u8>>, String> {
             use base64::Engine;
             match (text, self.encoding.as_str()) {
@@ -57,18 +60,16 @@ impl DeadLetter {
             .timestamp
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map_or(Timestamp::NotAvailable, |t| {
-                Timestamp::CreateTime(t.timestamp_millis())
-            });
-        Ok(OwnedMessage::new(
-            decode(&self.value)?,
-            decode(&self.key)?,
-            self.topic.clone(),
+            .map(|t| t.timestamp_millis());
+        Ok(SourceRecord {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
             timestamp,
-            self.partition,
-            self.offset,
-            None,
-        ))
+            key: decode(&self.key)?,
+            value: decode(&self.value)?,
+            headers: Vec::new(),
+        })
     }
 }
 
@@ -93,9 +94,12 @@ pub async fn read(
 /// it works while the host is down.
 pub async fn list(config: &Config, pipeline: &str, limit: u32) -> anyhow::Result<Vec<DeadLetter>> {
     let p = find(config, pipeline)?;
-    let (sink_name, target) = dead_letter_sink(config, p).map_err(anyhow::Error::msg)?;
-    let sinks = crate::sink::connect_all(&config.sinks).await?;
-    read(&sinks[&sink_name], &target, pipeline, &[], limit).await
+    let (sink_name, target) = config.dead_letter_sink(p).map_err(anyhow::Error::msg)?;
+    let sink = crate::sink::connect(&sink_name, &config.sinks[&sink_name]).await?;
+    let letters = read(&sink, &target, pipeline, &[], limit).await;
+    // The MongoDB driver panics at exit if a client is still open.
+    sink.close().await;
+    letters
 }
 
 fn find<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a PipelineConfig> {

@@ -1,5 +1,6 @@
 //! Counters a pipeline keeps as it runs; read by logs, tests and summaries.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -12,20 +13,30 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     pub sink_retries: AtomicU64,
     /// Records skipped because the sink's stored offsets say they were
-    /// written before (`offsets = "mysql"`).
+    /// written before (offsets in the sink's transaction).
     pub already_written: AtomicU64,
     /// Batches whose whole-batch plugin call failed and were split.
     pub failing_batches: AtomicU64,
     /// Why the pipeline is paused (plugin removed or quarantined), if it is.
     pub paused: Mutex<Option<String>>,
-    /// What keeps failing while it is retried (a sink, the offset commit),
-    /// and since when: the pipeline is degraded until it succeeds.
-    pub degraded: Mutex<Option<String>>,
+    /// What keeps failing while it is retried, per cause, and since when:
+    /// the pipeline is degraded until every cause succeeded again.
+    degraded: Mutex<BTreeMap<Trouble, String>>,
     /// Content hash of the plugin version serving the last batch.
     pub serving: Mutex<Option<String>>,
     /// File change seen -> first batch served by the new version; the
     /// latest `KEPT_LATENCIES`.
     pub reload_latencies: Mutex<Vec<Duration>>,
+}
+
+/// Something a pipeline retries until it works; each is cleared only by
+/// its own success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trouble {
+    /// Writing to a sink, preparing it, or reading offsets stored in it.
+    Sink,
+    /// Committing offsets to the source.
+    Commit,
 }
 
 /// How many reload latencies `Stats` keeps.
@@ -62,22 +73,44 @@ impl Stats {
         changed
     }
 
-    /// Marks the pipeline degraded: `why` keeps failing while retried.
-    pub(crate) fn set_degraded(&self, why: String) {
-        *self.degraded.lock().unwrap() = Some(why);
+    /// Marks the pipeline degraded: `what` keeps failing while retried.
+    pub(crate) fn set_degraded(&self, what: Trouble, why: String) {
+        self.degraded.lock().unwrap().insert(what, why);
     }
 
-    /// Clears the degraded mark if it is about `what`; true if it was.
-    pub(crate) fn clear_degraded(&self, what: &str) -> bool {
-        let mut degraded = self.degraded.lock().unwrap();
-        let about = degraded.as_ref().is_some_and(|d| d.contains(what));
-        if about {
-            *degraded = None;
-        }
-        about
+    /// `what` works again; true if it was failing.
+    pub(crate) fn clear_degraded(&self, what: Trouble) -> bool {
+        self.degraded.lock().unwrap().remove(&what).is_some()
+    }
+
+    /// What keeps failing, if anything: every cause, `; `-separated.
+    pub fn degraded(&self) -> Option<String> {
+        let degraded = self.degraded.lock().unwrap();
+        (!degraded.is_empty()).then(|| degraded.values().cloned().collect::<Vec<_>>().join("; "))
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_is_cleared_only_by_its_own_success() {
+        let stats = Stats::default();
+        stats.set_degraded(Trouble::Commit, "committing offsets: broker down".into());
+        stats.set_degraded(Trouble::Sink, "writing batch: refused".into());
+        assert!(stats.clear_degraded(Trouble::Sink), "the sink was failing");
+        assert_eq!(
+            stats.degraded().as_deref(),
+            Some("committing offsets: broker down"),
+            "a successful write leaves the pending commit failure"
+        );
+        assert!(!stats.clear_degraded(Trouble::Sink));
+        assert!(stats.clear_degraded(Trouble::Commit));
+        assert_eq!(stats.degraded(), None);
     }
 }

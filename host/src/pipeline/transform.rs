@@ -7,7 +7,7 @@
 //! batch's, then its own), not one per split level. A trapped instance is discarded and rebuilt from the
 //! pre-instantiated component.
 
-use crate::runtime::{CallError, Instance, Limits, PluginVersion};
+use crate::runtime::{CallError, Instance, Limits, PluginVersion, call_once};
 use sluice_plugin_sdk::abi::BatchResult;
 use std::ops::Range;
 use std::sync::Arc;
@@ -109,26 +109,6 @@ impl Caller {
             v.short_hash()
         )
     }
-}
-
-/// One blocking call, on `instance` or a new one; returns the instance if
-/// it is still healthy (a trapped one is dropped).
-pub fn call_once(
-    instance: Option<Instance>,
-    version: Arc<PluginVersion>,
-    limits: Limits,
-    packed: &[u8],
-) -> (Option<Instance>, Result<BatchResult, CallError>) {
-    let mut instance = match instance {
-        Some(i) => i,
-        None => match Instance::new(version, limits) {
-            Ok(i) => i,
-            Err(e) => return (None, Err(e)),
-        },
-    };
-    let result = instance.transform(packed);
-    let healthy = !matches!(result, Err(CallError::Trap(_)));
-    (healthy.then_some(instance), result)
 }
 
 /// Adds a sub-batch's result, its record indices shifted by `offset`.

@@ -1,6 +1,7 @@
 //! The WebAssembly side: engine and limits, plugin versions, the registry of
 //! what is currently loaded, and the folder watcher that hot-reloads.
 
+mod call;
 mod engine;
 mod instance;
 mod plugin;
@@ -8,11 +9,10 @@ mod registry;
 mod wasi;
 mod watcher;
 
-pub use instance::Limits;
-
+pub use call::{CallError, Limits};
 pub use engine::Runtime;
-pub use instance::{CallError, Instance};
-pub use plugin::{LoadError, PluginVersion};
+pub use instance::{Instance, call_once};
+pub use plugin::{LoadError, PluginVersion, short_hash};
 pub use registry::{Registry, Unavailable};
 pub use watcher::watch;
 

@@ -25,6 +25,15 @@ pub enum LoadError {
     Instantiate { path: PathBuf, reason: String },
     #[error("{path}: describe() failed: {reason}")]
     Describe { path: PathBuf, reason: String },
+    #[error(
+        "{path}: plugin '{name}' cannot read this host's batches ({reason}); it was probably built with another sluice-plugin-sdk: rebuild it with the SDK for packed encoding version {version}",
+        version = sluice_plugin_sdk::abi::VERSION
+    )]
+    Encoding {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("{path}: plugin '{name}' declares an invalid schema: {reason}")]
     Schema {
         path: PathBuf,
@@ -60,9 +69,18 @@ impl std::fmt::Debug for PluginVersion {
     }
 }
 
+/// The first 12 characters of a content hash, as logs and the CLI show
+/// it; a shorter text whole.
+pub fn short_hash(hash: &str) -> &str {
+    match hash.char_indices().nth(12) {
+        Some((cut, _)) => &hash[..cut],
+        None => hash,
+    }
+}
+
 impl PluginVersion {
     pub fn short_hash(&self) -> &str {
-        &self.hash[..12]
+        short_hash(&self.hash)
     }
 
     /// Reads a plugin file, refusing one over `MAX_PLUGIN_BYTES` unread.
@@ -129,15 +147,14 @@ impl PluginVersion {
                     path: p(),
                     reason: format!("{e:#}"),
                 })?;
-        let info = super::instance::with_deadline(
-            &mut store,
-            super::Limits::default().batch_timeout,
-            |s| bindings.call_describe(s),
-        )
-        .map_err(|e| LoadError::Describe {
-            path: p(),
-            reason: e.to_string(),
-        })?;
+        let info =
+            super::call::with_deadline(&mut store, super::Limits::default().batch_timeout, |s| {
+                bindings.call_describe(s)
+            })
+            .map_err(|e| LoadError::Describe {
+                path: p(),
+                reason: e.to_string(),
+            })?;
         let info = from_wit(info).map_err(|reason| LoadError::Schema {
             path: p(),
             name: version.name.clone(),
@@ -148,6 +165,22 @@ impl PluginVersion {
             name: info.name.clone(),
             reason,
         })?;
+        // A plugin built for another packed encoding would fail every batch
+        // and send every record to dead letters: an empty batch tells now.
+        let empty = sluice_plugin_sdk::abi::encode_batch([]);
+        let encoding = |reason: String| LoadError::Encoding {
+            path: p(),
+            name: info.name.clone(),
+            reason,
+        };
+        let answer =
+            super::call::with_deadline(&mut store, super::Limits::default().batch_timeout, |s| {
+                bindings.call_transform(s, &empty)
+            })
+            .map_err(|e| encoding(format!("an empty batch: {e}")))?
+            .map_err(|e| encoding(format!("an empty batch failed: {e}")))?;
+        sluice_plugin_sdk::abi::decode_result(&answer)
+            .map_err(|e| encoding(format!("its answer to an empty batch: {e}")))?;
         version.info = info;
         Ok(version)
     }

@@ -5,7 +5,7 @@
 
 use super::engine::Runtime;
 use super::plugin::{LoadError, PluginVersion};
-use crate::canary::{BatchDiff, Report};
+use crate::model::canary::{BatchDiff, Report};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +15,8 @@ pub struct Registry {
     pub runtime: Runtime,
     pub dir: PathBuf,
     current: RwLock<HashMap<String, Arc<PluginVersion>>>,
-    /// Files refused on reload, newest last: what a status page would show.
+    /// Files refused on reload, newest last, at most `MAX_REJECTIONS`:
+    /// what a status page would show.
     rejections: std::sync::Mutex<Vec<String>>,
     /// Versions (by content hash) that kept failing, and why.
     quarantined: std::sync::Mutex<HashMap<String, String>>,
@@ -67,6 +68,9 @@ pub enum Unavailable {
         reason: String,
     },
 }
+
+/// How many refused reloads the registry remembers.
+pub const MAX_REJECTIONS: usize = 100;
 
 impl Registry {
     pub fn new(runtime: Runtime, dir: PathBuf) -> Arc<Self> {
@@ -334,8 +338,15 @@ impl Registry {
             .collect()
     }
 
+    /// Records why a file was refused; only the latest `MAX_REJECTIONS`
+    /// are kept (a file rewritten badly in a loop must not grow memory).
     pub fn reject(&self, reason: String) {
-        self.rejections.lock().unwrap().push(reason);
+        let mut rejections = self.rejections.lock().unwrap();
+        if rejections.len() >= MAX_REJECTIONS {
+            let over = rejections.len() + 1 - MAX_REJECTIONS;
+            rejections.drain(..over);
+        }
+        rejections.push(reason);
     }
 
     /// Reasons files were refused on reload, oldest first.
@@ -378,5 +389,28 @@ impl Canaries {
             tracing::warn!(plugin = %version.name, file = %path.display(),
                 "cannot keep the promoted version; after a restart the plugins folder's file serves: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_latest_refused_reloads_are_kept() {
+        let registry = Registry::new(Runtime::new().unwrap(), PathBuf::from("plugins"));
+        for i in 0..(MAX_REJECTIONS * 3) {
+            registry.reject(format!("refused #{i}"));
+        }
+        let kept = registry.rejections();
+        assert_eq!(kept.len(), MAX_REJECTIONS);
+        assert_eq!(
+            kept.first().unwrap(),
+            &format!("refused #{}", MAX_REJECTIONS * 2)
+        );
+        assert_eq!(
+            kept.last().unwrap(),
+            &format!("refused #{}", MAX_REJECTIONS * 3 - 1)
+        );
     }
 }

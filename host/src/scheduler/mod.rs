@@ -6,17 +6,15 @@
 //! that finds a run going is recorded as skipped, a manual trigger or a
 //! backfill is queued behind it.
 
-pub mod ledger;
 mod run;
-mod schedule;
 
 pub use run::{RunRequest, Work, execute};
-pub use schedule::{MAX_INTERVAL, Schedule};
 
-use crate::config::Catchup;
+use crate::config::{Catchup, Schedule};
+use crate::ledger::{Ledger, RunState, Trigger};
+use crate::model::{Offsets, PartitionRange};
 use crate::pipeline::Pipeline;
 use chrono::{DateTime, Utc};
-use ledger::{Ledger, RunState, Trigger};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -109,7 +107,7 @@ pub async fn drive(
 /// `committed` reads the pipeline's committed offsets (only if needed).
 async fn close_interrupted(
     name: &str,
-    committed: impl Future<Output = anyhow::Result<crate::sink::Offsets>>,
+    committed: impl Future<Output = anyhow::Result<Offsets>>,
     ledger: &Ledger,
 ) -> anyhow::Result<()> {
     let runs = ledger.unfinished(name).await?;
@@ -123,7 +121,7 @@ async fn close_interrupted(
         let (totals, note) = match &committed {
             Ok(committed) => committed_by(run, committed),
             Err(e) => (
-                ledger::RunTotals::default(),
+                crate::ledger::RunTotals::default(),
                 format!("what it committed is not known: cannot read the committed offsets: {e:#}"),
             ),
         };
@@ -138,18 +136,18 @@ async fn close_interrupted(
 /// in each partition it recorded, from its start up to the committed
 /// offset (and no further than its planned end, for a bounded run).
 fn committed_by(
-    run: &ledger::Run,
-    committed: &crate::sink::Offsets,
-) -> (ledger::RunTotals, String) {
+    run: &crate::ledger::Run,
+    committed: &Offsets,
+) -> (crate::ledger::RunTotals, String) {
     let bounded = match run.trigger {
         Trigger::Continuous => false,
         Trigger::Schedule | Trigger::Catchup | Trigger::Manual | Trigger::Retry => true,
         Trigger::Backfill | Trigger::Replay => {
             let why = "what it wrote is not known: a backfill or replay commits no offsets";
-            return (ledger::RunTotals::default(), why.into());
+            return (crate::ledger::RunTotals::default(), why.into());
         }
     };
-    let mut totals = ledger::RunTotals::default();
+    let mut totals = crate::ledger::RunTotals::default();
     for r in &run.offsets {
         let Some(&next) = committed.get(&(r.topic.clone(), r.partition)) else {
             continue;
@@ -157,9 +155,7 @@ fn committed_by(
         let to = if bounded { next.min(r.to) } else { next };
         if to > r.from {
             totals.records_in += (to - r.from) as u64;
-            totals
-                .offsets
-                .push(crate::source::PartitionRange { to, ..r.clone() });
+            totals.offsets.push(PartitionRange { to, ..r.clone() });
         }
     }
     let note = format!(
@@ -246,7 +242,7 @@ async fn drive_scheduled(
                 if let Some((running, _)) = &slot.running {
                     let note = format!("run {running} is still running");
                     tracing::info!(pipeline = %name, %tick, "tick skipped: {note}");
-                    let row = ledger::NewRun { note: Some(note), ..request.ledger_row(&name, RunState::Skipped) };
+                    let row = crate::ledger::NewRun { note: Some(note), ..request.ledger_row(&name, RunState::Skipped) };
                     if let Err(e) = ledger.create(&row).await {
                         tracing::warn!(pipeline = %name, "run ledger: {e:#}");
                     }
@@ -411,10 +407,9 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::PartitionRange;
 
-    fn run(trigger: Trigger, offsets: &[(i32, i64, i64)]) -> ledger::Run {
-        ledger::Run {
+    fn run(trigger: Trigger, offsets: &[(i32, i64, i64)]) -> crate::ledger::Run {
+        crate::ledger::Run {
             id: 1,
             pipeline: "p".into(),
             trigger,
@@ -448,7 +443,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_run_counts_what_it_committed() {
-        let committed: crate::sink::Offsets = [
+        let committed: Offsets = [
             (("t".into(), 0), 700),
             (("t".into(), 1), 40),
             (("t".into(), 2), 5),

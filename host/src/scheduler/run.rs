@@ -2,9 +2,12 @@
 //! attempts with exponential backoff and jitter, flag a missed deadline,
 //! and record every attempt in the ledger.
 
-use super::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
+use crate::ledger::{Ledger, NewRun, PluginRef, RunState, RunTotals, Trigger};
+use crate::model::PartitionRange;
+use crate::pipeline::Bounds;
 use crate::pipeline::Pipeline;
-use crate::source::{KafkaSource, PartitionRange};
+use crate::retry::{Backoff, sleep_unless_shutdown};
+use crate::source::{KafkaSource, SourceError};
 use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -75,6 +78,7 @@ pub async fn execute(
     let mut late = false;
     let mut plan: Option<Vec<PartitionRange>> = None;
     let mut run_id = id;
+    let mut delays = attempt_delays(retry.backoff);
     for attempt in 1..=retry.max_attempts {
         if attempt > 1 {
             let row = NewRun {
@@ -154,16 +158,15 @@ pub async fn execute(
                     None,
                 )
                 .await;
-                if attempt == retry.max_attempts || *shutdown.borrow() {
+                if attempt == retry.max_attempts || is_permanent(&e) || *shutdown.borrow() {
                     tracing::error!(pipeline = %name, run = run_id, attempt, "run failed: {error}");
                     return RunState::Failed;
                 }
-                let wait = backoff(retry.backoff, attempt);
+                let wait = delays.next_delay();
                 tracing::warn!(pipeline = %name, run = run_id, attempt, max_attempts = retry.max_attempts,
                     "run attempt failed: {error}; retrying in {wait:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return RunState::Failed,
+                if !sleep_unless_shutdown(wait, &mut shutdown).await {
+                    return RunState::Failed;
                 }
             }
         }
@@ -184,30 +187,28 @@ async fn attempt_once(
     // One plugin version serves the whole attempt; reloads apply to the next.
     let version = pipeline.version()?;
     ledger.start(id, &PluginRef::from(&*version)).await?;
-    if let Work::Replay { ids } = &request.work {
-        return pipeline
-            .replay(ids, &version, shutdown, totals)
-            .await
-            .map(Some);
-    }
+    let bounds = match &request.work {
+        Work::Replay { ids } => {
+            return crate::dlq::replay(pipeline, ids, &version, shutdown, totals)
+                .await
+                .map(Some);
+        }
+        Work::Window { from, to } => Bounds::Window {
+            from: from.timestamp_millis(),
+            to: to.timestamp_millis(),
+        },
+        Work::Pending => Bounds::Pending,
+    };
     let kafka = &pipeline.global_config().kafka;
     let group = pipeline.config.group_id();
     let topics = &pipeline.config.topics;
     let planning = async {
-        anyhow::Ok(match (&request.work, plan.as_ref()) {
-            (Work::Window { .. }, Some(planned)) => planned.clone(),
-            (Work::Window { from, to }, None) => {
-                KafkaSource::between_times(
-                    kafka,
-                    &group,
-                    topics,
-                    from.timestamp_millis(),
-                    to.timestamp_millis(),
-                )
-                .await?
+        anyhow::Ok(match (bounds, plan.as_ref()) {
+            (Bounds::Window { .. }, Some(planned)) => planned.clone(),
+            (Bounds::Window { from, to }, None) => {
+                KafkaSource::between_times(kafka, &group, topics, from, to).await?
             }
-            (Work::Replay { .. }, _) => unreachable!("a replay returned above"),
-            (Work::Pending, planned) => {
+            (Bounds::Pending, planned) => {
                 let mut ranges = KafkaSource::pending(kafka, &group, topics).await?;
                 // A retry finishes the original range: newer records belong
                 // to the next run.
@@ -255,12 +256,8 @@ async fn attempt_once(
         })
         .collect();
     ledger.record_offsets(id, &planned).await?;
-    let window = match request.work {
-        Work::Window { from, to } => Some((from.timestamp_millis(), to.timestamp_millis())),
-        Work::Pending | Work::Replay { .. } => None,
-    };
     pipeline
-        .run_bounded(&ranges, window, &version, shutdown, totals)
+        .run_bounded(&ranges, bounds, &version, shutdown, totals)
         .await?;
     Ok(None)
 }
@@ -285,10 +282,16 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// `base * 2^(attempt-1)`, +-20% jitter so retries of many pipelines spread out.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1 << (attempt - 1).min(16));
-    exp.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+/// Waits between attempts of a run: `retry.backoff * 2^(attempt-1)`, +-20%
+/// jitter so retries of many pipelines spread out.
+fn attempt_delays(base: Duration) -> Backoff {
+    Backoff::exponential(base, base.saturating_mul(1 << 16)).with_jitter()
+}
+
+/// Retrying the attempt cannot help (a topic that does not exist).
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<SourceError>()
+        .is_some_and(SourceError::is_permanent)
 }
 
 #[cfg(test)]
@@ -297,9 +300,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter() {
+        let mut delays = attempt_delays(Duration::from_millis(100));
         for attempt in 1..=4 {
             let want = 100.0 * f64::from(1 << (attempt - 1));
-            let got = backoff(Duration::from_millis(100), attempt).as_millis() as f64;
+            let got = delays.next_delay().as_millis() as f64;
             assert!(
                 got >= want * 0.8 - 1.0 && got <= want * 1.2 + 1.0,
                 "{attempt}: {got}"

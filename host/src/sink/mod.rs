@@ -1,27 +1,23 @@
 //! Sinks: where validated outputs are written. One folder per database,
-//! each behind the `Sink` trait; writes are idempotent upserts so a batch
-//! replayed after a crash changes nothing.
+//! each behind the `Sink` trait (with its DDL, dead-letter reading and
+//! tests); writes are idempotent upserts so a batch replayed after a crash
+//! changes nothing. `connect` is the one place that builds a sink from its
+//! config; what each type can do is in `config::SinkType`.
 
+mod memory;
 mod mongodb;
 mod mysql;
 
 use crate::config::SinkConfig;
+use crate::model::{Offsets, Partition, Row};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::schema::Output;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use self::memory::MemorySink;
 pub use self::mongodb::MongoSink;
 pub use self::mysql::MysqlSink;
-
-/// One output value ready to write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// The document `_id`: the declared key, or the source position.
-    pub id: Value,
-    /// Field values, normalised by `Output::check_value`.
-    pub fields: Map<String, Value>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -34,7 +30,7 @@ pub enum SinkError {
 }
 
 #[async_trait::async_trait]
-pub trait Sink: Send + Sync {
+pub trait Sink: DeadLetterStore + Send + Sync {
     /// Checks the database answers.
     async fn healthcheck(&self) -> Result<(), SinkError>;
 
@@ -48,6 +44,20 @@ pub trait Sink: Send + Sync {
     /// are written or an error is returned; retrying is always safe.
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError>;
 
+    /// Closes the connections; called once the host stopped using the sink.
+    async fn close(&self) {}
+
+    /// The sink's transactions over several targets and the consumer
+    /// offsets, if the database has them (MySQL).
+    fn transactional(&self) -> Option<&dyn Transactional> {
+        None
+    }
+}
+
+/// Every sink stores dead letters; this reads them back (`sluice dlq`) and
+/// deletes those replayed successfully.
+#[async_trait::async_trait]
+pub trait DeadLetterStore: Send + Sync {
     /// Reads back rows of `target` (declared by `decl`, which has `pipeline`
     /// and `failed_at` fields: dead letters) whose `pipeline` is `pipeline`
     /// and, unless `ids` is empty, whose id is one of `ids`; newest first.
@@ -63,21 +73,7 @@ pub trait Sink: Send + Sync {
 
     /// Deletes the rows of `target` with these ids (text primary keys).
     async fn delete(&self, target: &str, decl: &Output, ids: &[String]) -> Result<(), SinkError>;
-
-    /// Closes the connections; called once the host stopped using the sink.
-    async fn close(&self) {}
-
-    /// The sink's transactions over several targets and the consumer
-    /// offsets, if the database has them (MySQL).
-    fn transactional(&self) -> Option<&dyn Transactional> {
-        None
-    }
 }
-
-/// A Kafka partition: (topic, partition).
-pub type Partition = (String, i32);
-/// The next offset to consume, per partition.
-pub type Offsets = BTreeMap<Partition, i64>;
 
 /// A database that stores a consumer group's offsets beside the rows, so a
 /// batch's rows and its offsets commit together: exactly-once, whatever
@@ -120,31 +116,28 @@ pub type Sinks = BTreeMap<String, Arc<dyn Sink>>;
 pub async fn connect_all(configs: &BTreeMap<String, SinkConfig>) -> anyhow::Result<Sinks> {
     let mut sinks = Sinks::new();
     for (name, config) in configs {
-        let sink: Arc<dyn Sink> = match config {
-            SinkConfig::Mongodb { uri, database } => {
-                let uri = uri
-                    .resolve()
-                    .map_err(|e| anyhow::anyhow!("sinks.{name}.uri: {e}"))?;
-                Arc::new(
-                    MongoSink::connect(&uri, database)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
-                )
-            }
-            SinkConfig::Mysql {
-                url,
-                max_connections,
-            } => {
-                let url = url
-                    .resolve()
-                    .map_err(|e| anyhow::anyhow!("sinks.{name}.url: {e}"))?;
-                Arc::new(
-                    MysqlSink::connect(&url, *max_connections)
-                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
-                )
-            }
-        };
-        sinks.insert(name.clone(), sink);
+        sinks.insert(name.clone(), connect(name, config).await?);
     }
     Ok(sinks)
+}
+
+/// A client for the sink `name`; errors name its config keys.
+pub async fn connect(name: &str, config: &SinkConfig) -> anyhow::Result<Arc<dyn Sink>> {
+    let resolve = |secret: &crate::config::Secret, key: &str| {
+        secret
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("sinks.{name}.{key}: {e}"))
+    };
+    let failed = |e: SinkError| anyhow::anyhow!("sinks.{name}: {e}");
+    Ok(match config {
+        SinkConfig::Mongodb { uri, database } => Arc::new(
+            MongoSink::connect(&resolve(uri, "uri")?, database)
+                .await
+                .map_err(failed)?,
+        ),
+        SinkConfig::Mysql {
+            url,
+            max_connections,
+        } => Arc::new(MysqlSink::connect(&resolve(url, "url")?, *max_connections).map_err(failed)?),
+    })
 }

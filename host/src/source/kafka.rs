@@ -1,74 +1,23 @@
 //! Kafka consumer: batches by count and time, explicit commits after the
 //! sinks acknowledged; bounded consumers for scheduled runs and backfills.
 
+use super::{Source, SourceError};
 use crate::config::KafkaConfig;
+use crate::model::{Batch, PartitionRange, SourceRecord};
+use crate::retry::{Backoff, retry};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A batch of records and the offsets to commit once it is written.
-pub struct Batch {
-    pub messages: Vec<OwnedMessage>,
-}
-
-impl Batch {
-    /// Next offset to consume per (topic, partition): highest seen + 1.
-    pub fn next_offsets(&self) -> BTreeMap<(String, i32), i64> {
-        let mut next = BTreeMap::new();
-        for m in &self.messages {
-            let e = next
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        next
-    }
-
-    /// First offset per (topic, partition): the lowest in the batch.
-    pub fn first_offsets(&self) -> BTreeMap<(String, i32), i64> {
-        let mut first = BTreeMap::new();
-        for m in &self.messages {
-            let e = first
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(i64::MAX);
-            *e = (*e).min(m.offset());
-        }
-        first
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-}
-
-/// Offsets `[from, to)` of one partition: what a bounded run processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionRange {
-    pub topic: String,
-    pub partition: i32,
-    pub from: i64,
-    pub to: i64,
-}
-
-impl PartitionRange {
-    pub fn len(&self) -> u64 {
-        (self.to - self.from).max(0) as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// How long reading a group's offsets waits for a broker that is starting.
+const OFFSETS_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Tp = (String, i32);
 /// Low and high watermark per partition.
@@ -87,7 +36,7 @@ pub struct KafkaSource {
 }
 
 /// Client settings shared by every consumer of a group.
-fn client(config: &KafkaConfig, group_id: &str) -> anyhow::Result<ClientConfig> {
+fn client(config: &KafkaConfig, group_id: &str) -> Result<ClientConfig, SourceError> {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.brokers)
@@ -101,7 +50,7 @@ fn client(config: &KafkaConfig, group_id: &str) -> anyhow::Result<ClientConfig> 
     for (key, value) in &config.options {
         let value = value
             .resolve()
-            .map_err(|e| anyhow::anyhow!("kafka.options.{key}: {e}"))?;
+            .map_err(|e| SourceError::Config(format!("kafka.options.{key}: {e}")))?;
         client.set(key, value);
     }
     Ok(client)
@@ -110,10 +59,12 @@ fn client(config: &KafkaConfig, group_id: &str) -> anyhow::Result<ClientConfig> 
 fn consumer<C: rdkafka::config::FromClientConfig>(
     config: &KafkaConfig,
     group_id: &str,
-) -> anyhow::Result<C> {
-    client(config, group_id)?
-        .create()
-        .map_err(|e| anyhow::anyhow!("kafka: cannot create consumer for group '{group_id}': {e}"))
+) -> Result<C, SourceError> {
+    client(config, group_id)?.create().map_err(|e| {
+        SourceError::Config(format!(
+            "kafka: cannot create consumer for group '{group_id}': {e}"
+        ))
+    })
 }
 
 impl KafkaSource {
@@ -122,12 +73,12 @@ impl KafkaSource {
         config: &KafkaConfig,
         group_id: &str,
         topics: &[String],
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SourceError> {
         let consumer: StreamConsumer = consumer(config, group_id)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
-            .map_err(|e| anyhow::anyhow!("kafka: cannot subscribe to {names:?}: {e}"))?;
+            .map_err(|e| SourceError::Broker(format!("cannot subscribe to {names:?}: {e}")))?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             ends: None,
@@ -145,7 +96,7 @@ impl KafkaSource {
         group_id: &str,
         ranges: &[PartitionRange],
         window: Option<(i64, i64)>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, SourceError> {
         let consumer: StreamConsumer = consumer(config, group_id)?;
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
@@ -158,7 +109,7 @@ impl KafkaSource {
         if tpl.count() > 0 {
             consumer
                 .assign(&tpl)
-                .map_err(|e| anyhow::anyhow!("kafka: cannot assign {tpl:?}: {e}"))?;
+                .map_err(|e| SourceError::Broker(format!("cannot assign {tpl:?}: {e}")))?;
         }
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
@@ -175,7 +126,7 @@ impl KafkaSource {
         config: &KafkaConfig,
         group_id: &str,
         topics: &[String],
-    ) -> anyhow::Result<Vec<PartitionRange>> {
+    ) -> Result<Vec<PartitionRange>, SourceError> {
         read_offsets(config, group_id, topics, |consumer, watermarks, partitions| {
             let committed = consumer.committed_offsets(partitions, METADATA_TIMEOUT)?;
             let mut ranges = Vec::new();
@@ -216,13 +167,13 @@ impl KafkaSource {
         topics: &[String],
         from_ms: i64,
         to_ms: i64,
-    ) -> anyhow::Result<Vec<PartitionRange>> {
+    ) -> Result<Vec<PartitionRange>, SourceError> {
         read_offsets(
             config,
             group_id,
             topics,
             move |consumer, watermarks, partitions| {
-                let offset_at = |ms: i64| -> anyhow::Result<HashMap<Tp, i64>> {
+                let offset_at = |ms: i64| -> Result<HashMap<Tp, i64>, SourceError> {
                     let mut tpl = TopicPartitionList::new();
                     for e in partitions.elements() {
                         tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms))?;
@@ -258,41 +209,50 @@ impl KafkaSource {
         .await
     }
 
-    /// Waits for up to `max` records, returning early after `max_wait` once
-    /// at least one arrived (or with none if nothing came). A bounded source
-    /// never returns records at or past its end offsets.
-    pub async fn next_batch(&mut self, max: usize, max_wait: Duration) -> anyhow::Result<Batch> {
+    fn within_window(&self, r: &SourceRecord) -> bool {
+        let Some((from, to)) = self.window else {
+            return true;
+        };
+        r.timestamp.is_some_and(|t| from <= t && t < to)
+    }
+
+    fn within_bounds(&self, r: &SourceRecord) -> bool {
+        let Some(ends) = &self.ends else { return true };
+        ends.get(&r.partition()).is_some_and(|end| r.offset < *end)
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for KafkaSource {
+    async fn next_batch(&mut self, max: usize, max_wait: Duration) -> Result<Batch, SourceError> {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut messages = Vec::with_capacity(max.min(10_000));
-        while messages.len() < max {
+        let mut records = Vec::with_capacity(max.min(10_000));
+        while records.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_elapsed) => break,
                 Ok(Ok(m)) => {
-                    let m = m.detach();
+                    let m = to_record(&m);
                     if !self.within_bounds(&m) {
                         continue;
                     }
                     if self.within_window(&m) {
-                        messages.push(m);
+                        records.push(m);
                     } else {
                         // Passed over, but counts as done for `drained()`.
-                        let p = self
-                            .positions
-                            .entry((m.topic().to_string(), m.partition()))
-                            .or_default();
-                        *p = (*p).max(m.offset() + 1);
+                        let p = self.positions.entry(m.partition()).or_default();
+                        *p = (*p).max(m.offset + 1);
                     }
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka: consumer error (librdkafka retries)");
-                    if messages.is_empty() {
+                    if records.is_empty() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     break;
                 }
             }
         }
-        if messages.is_empty() && self.ends.is_some() {
+        if records.is_empty() && self.ends.is_some() {
             // Offsets taken by transaction markers are never delivered:
             // trust the consumer's position once nothing more comes.
             if let Ok(tpl) = self.consumer.position() {
@@ -307,29 +267,12 @@ impl KafkaSource {
                 }
             }
         }
-        Ok(Batch { messages })
+        Ok(Batch { records })
     }
 
-    fn within_window(&self, m: &OwnedMessage) -> bool {
-        let Some((from, to)) = self.window else {
-            return true;
-        };
-        m.timestamp()
-            .to_millis()
-            .is_some_and(|t| from <= t && t < to)
-    }
-
-    fn within_bounds(&self, m: &OwnedMessage) -> bool {
-        let Some(ends) = &self.ends else { return true };
-        ends.get(&(m.topic().to_string(), m.partition()))
-            .is_some_and(|end| m.offset() < *end)
-    }
-
-    /// Commits the batch's offsets synchronously, with those of earlier
-    /// batches whose commit failed. Call only after every sink acknowledged
-    /// the batch's writes. On failure the offsets are kept for the next
-    /// commit (commits are cumulative), so the caller may go on consuming.
-    pub async fn commit(&mut self, batch: &Batch) -> anyhow::Result<()> {
+    /// Commits synchronously; commits are cumulative, so offsets whose
+    /// commit failed simply go with the next one.
+    async fn commit(&mut self, batch: &Batch) -> Result<(), SourceError> {
         for (tp, next) in batch.next_offsets() {
             let e = self.uncommitted.entry(tp).or_insert(next);
             *e = (*e).max(next);
@@ -337,13 +280,11 @@ impl KafkaSource {
         self.commit_pending().await
     }
 
-    /// True while offsets whose commit failed wait for the next one.
-    pub fn has_uncommitted(&self) -> bool {
+    fn has_uncommitted(&self) -> bool {
         !self.uncommitted.is_empty()
     }
 
-    /// Commits the offsets whose commit failed before, if any.
-    pub async fn commit_pending(&mut self) -> anyhow::Result<()> {
+    async fn commit_pending(&mut self) -> Result<(), SourceError> {
         // Partitions taken away by a rebalance are the new owner's to commit.
         if let Ok(assigned) = self.consumer.assignment() {
             self.uncommitted.retain(|(topic, partition), _| {
@@ -359,15 +300,15 @@ impl KafkaSource {
         }
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-            .await?
-            .map_err(|e| anyhow::anyhow!("kafka: offset commit failed: {e}"))?;
+            .await
+            .map_err(|e| SourceError::Broker(format!("offset commit: {e}")))?
+            .map_err(|e| SourceError::Broker(format!("offset commit failed: {e}")))?;
         self.uncommitted.clear();
         Ok(())
     }
 
-    /// Records that a batch was fully processed; a bounded source stops
-    /// fetching partitions that reached their end.
-    pub fn advance(&mut self, batch: &Batch) {
+    /// A bounded source stops fetching partitions that reached their end.
+    fn advance(&mut self, batch: &Batch) {
         self.positions.extend(batch.next_offsets());
         if let Some(ends) = &self.ends {
             let mut done = TopicPartitionList::new();
@@ -385,50 +326,61 @@ impl KafkaSource {
         }
     }
 
-    /// A bounded source: true once every partition reached its end.
-    pub fn drained(&self) -> bool {
+    fn drained(&self) -> bool {
         self.ends.as_ref().is_some_and(|ends| {
             ends.iter()
                 .all(|(tp, end)| self.positions.get(tp).is_some_and(|p| p >= end))
         })
     }
 }
-
 /// Reads offsets of the group's partitions with a consumer that does not
 /// join the group: `read` gets the watermarks and the partition list.
 /// A fresh broker answers NotCoordinator until the group coordinator (the
-/// `__consumer_offsets` topic) is loaded: retry for a while.
+/// `__consumer_offsets` topic) is loaded: retry for a while, but not for a
+/// topic that does not exist.
 async fn read_offsets<T: Send + 'static>(
     config: &KafkaConfig,
     group_id: &str,
     topics: &[String],
-    read: impl Fn(&BaseConsumer, &Watermarks, TopicPartitionList) -> anyhow::Result<T>
+    read: impl Fn(&BaseConsumer, &Watermarks, TopicPartitionList) -> Result<T, SourceError>
     + Send
     + Sync
     + 'static,
-) -> anyhow::Result<T> {
+) -> Result<T, SourceError> {
     let consumer: BaseConsumer = consumer(config, group_id)?;
     let names = topics.to_vec();
     let read = Arc::new(move || {
         let (watermarks, partitions) = read_watermarks(&consumer, &names)?;
         read(&consumer, &watermarks, partitions)
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = read.clone();
-        match tokio::task::spawn_blocking(move || attempt()).await? {
-            Ok(value) => return Ok(value),
-            // A missing topic will not appear by waiting.
-            Err(e) if e.to_string().contains("UnknownTopic") => {
-                anyhow::bail!("kafka: {e} (check `topics` of the pipeline)")
-            }
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "kafka: offsets not available yet; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => anyhow::bail!("kafka: cannot read the offsets of {topics:?}: {e}"),
+    let deadline = std::time::Instant::now() + OFFSETS_TIMEOUT;
+    let attempt = || {
+        let read = read.clone();
+        async move {
+            tokio::task::spawn_blocking(move || read())
+                .await
+                .map_err(|e| SourceError::Broker(e.to_string()))?
         }
-    }
+    };
+    retry(
+        Backoff::constant(Duration::from_millis(250)),
+        None,
+        attempt,
+        |e: &SourceError, _, _| {
+            if e.is_permanent() || std::time::Instant::now() >= deadline {
+                return ControlFlow::Break(());
+            }
+            tracing::debug!(error = %e, "kafka: offsets not available yet; retrying");
+            ControlFlow::Continue(())
+        },
+    )
+    .await
+    .map_err(|gave_up| match gave_up.into_error() {
+        SourceError::Broker(e) => {
+            SourceError::Broker(format!("cannot read the offsets of {topics:?}: {e}"))
+        }
+        e => e,
+    })
 }
 
 /// Low and high watermarks of every partition of the topics, and the list
@@ -436,14 +388,33 @@ async fn read_offsets<T: Send + 'static>(
 fn read_watermarks(
     consumer: &BaseConsumer,
     topics: &[String],
-) -> anyhow::Result<(Watermarks, TopicPartitionList)> {
+) -> Result<(Watermarks, TopicPartitionList), SourceError> {
+    let unknown = |topic: &str| SourceError::UnknownTopic {
+        topic: topic.to_string(),
+    };
     let mut watermarks = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| match e {
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    unknown(topic)
+                }
+                e => e.into(),
+            })?;
         for t in metadata.topics() {
-            if let Some(e) = t.error() {
-                anyhow::bail!("topic '{topic}': {:?}", e);
+            match t.error() {
+                None => {}
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                    return Err(unknown(topic));
+                }
+                Some(e) => {
+                    return Err(SourceError::Broker(format!(
+                        "topic '{topic}': {}",
+                        RDKafkaErrorCode::from(e)
+                    )));
+                }
             }
             for p in t.partitions() {
                 watermarks.insert(
@@ -457,9 +428,28 @@ fn read_watermarks(
     Ok((watermarks, tpl))
 }
 
-/// Headers as (name, value) pairs borrowed from a message.
-pub fn headers(m: &OwnedMessage) -> Vec<(&str, Option<&[u8]>)> {
-    m.headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default()
+impl From<KafkaError> for SourceError {
+    fn from(e: KafkaError) -> Self {
+        SourceError::Broker(e.to_string())
+    }
+}
+
+/// The neutral record of a Kafka message (one copy, as `detach` would make).
+fn to_record(m: &BorrowedMessage<'_>) -> SourceRecord {
+    SourceRecord {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }

@@ -180,7 +180,30 @@ impl Transform for Hostile {
     }
 }
 
+#[cfg(not(feature = "encoding-v0"))]
 export!(Hostile);
+
+/// An SDK before the versioned encoding read the first four bytes as the
+/// record count, found the buffer too short for it and failed the batch.
+#[cfg(all(target_arch = "wasm32", feature = "encoding-v0"))]
+const _: () = {
+    struct Unversioned;
+    impl sluice_plugin_sdk::guest::Guest for Unversioned {
+        fn describe() -> sluice_plugin_sdk::guest::PluginInfo {
+            sluice_plugin_sdk::guest::plugin_info(<Hostile as Transform>::describe())
+        }
+        fn transform(batch: Vec<u8>) -> Result<Vec<u8>, String> {
+            let count = batch
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+            if count.saturating_mul(36) > batch.len() {
+                return Err("malformed packed batch: record count exceeds buffer".into());
+            }
+            Ok(Vec::new())
+        }
+    }
+    sluice_plugin_sdk::guest::export_transform!(Unversioned with_types_in sluice_plugin_sdk::guest::bindings);
+};
 
 /// Spins forever; `black_box` keeps the optimiser from removing the loop.
 fn spin() -> ! {

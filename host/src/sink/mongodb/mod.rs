@@ -2,7 +2,10 @@
 //! plain `insert`, `delete` and `createIndexes` commands that MongoDB and
 //! FerretDB both support.
 
-use super::{Row, Sink, SinkError};
+mod dead_letters;
+
+use super::{Sink, SinkError};
+use crate::model::Row;
 use mongodb::bson::{self, Bson, Document, doc};
 use sluice_plugin_sdk::schema::{Output, Type};
 
@@ -89,49 +92,6 @@ impl Sink for MongoSink {
         self.command(doc! { "createIndexes": target, "indexes": indexes })
             .await
             .map(drop)
-    }
-
-    async fn read_dead_letters(
-        &self,
-        target: &str,
-        decl: &Output,
-        pipeline: &str,
-        ids: &[String],
-        limit: u32,
-    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, SinkError> {
-        use futures::TryStreamExt;
-        let mut filter = doc! { "pipeline": pipeline };
-        if !ids.is_empty() {
-            filter.insert("_id", doc! { "$in": ids });
-        }
-        let documents: Vec<Document> = self
-            .db
-            .collection::<Document>(target)
-            .find(filter)
-            .sort(doc! { "failed_at": -1 })
-            .limit(i64::from(limit))
-            .await
-            .map_err(classify)?
-            .try_collect()
-            .await
-            .map_err(classify)?;
-        Ok(documents
-            .iter()
-            .map(|d| {
-                decl.fields
-                    .iter()
-                    .map(|f| (f.name.clone(), to_json(d.get(&f.name))))
-                    .collect()
-            })
-            .collect())
-    }
-
-    async fn delete(&self, target: &str, _decl: &Output, ids: &[String]) -> Result<(), SinkError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let ids = ids.iter().map(|id| Bson::String(id.clone())).collect();
-        self.delete_ids(target, ids).await
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
@@ -248,15 +208,24 @@ fn to_document(decl: &Output, row: &Row, id: Bson) -> Result<Document, SinkError
     let mut document = Document::new();
     document.insert("_id", id);
     for (name, value) in &row.fields {
-        let is_timestamp = decl
-            .get_field(name)
-            .is_some_and(|f| f.ty == Type::Timestamp);
-        let bson = match value.as_str() {
-            Some(text) if is_timestamp => bson::DateTime::parse_rfc3339_str(text)
+        let refused = |e: String| SinkError::Refused(format!("field '{name}': {e}"));
+        let as_json = || bson::to_bson(value).map_err(|e| refused(e.to_string()));
+        let bson = match (decl.get_field(name).map(|f| f.ty), value.as_str()) {
+            (Some(Type::Timestamp), Some(text)) => bson::DateTime::parse_rfc3339_str(text)
                 .map(Bson::DateTime)
-                .map_err(|e| SinkError::Refused(format!("field '{name}': {e}")))?,
-            _ => bson::to_bson(value)
-                .map_err(|e| SinkError::Refused(format!("field '{name}': {e}")))?,
+                .map_err(|e| refused(e.to_string()))?,
+            (Some(Type::Timestamp), None) | (None, _) => as_json()?,
+            (
+                Some(
+                    Type::Text(_)
+                    | Type::Integer
+                    | Type::Float
+                    | Type::Boolean
+                    | Type::Decimal { .. }
+                    | Type::Json,
+                ),
+                _,
+            ) => as_json()?,
         };
         document.insert(name.clone(), bson);
     }

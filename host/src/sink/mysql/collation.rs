@@ -65,7 +65,16 @@ pub async fn loose_key_columns(
         let Some(field) = decl.get_field(name) else {
             continue;
         };
-        if !matches!(field.ty, Type::Text(_)) || !seen.insert(name) {
+        let text = match field.ty {
+            Type::Text(_) => true,
+            Type::Integer
+            | Type::Float
+            | Type::Boolean
+            | Type::Decimal { .. }
+            | Type::Timestamp
+            | Type::Json => false,
+        };
+        if !text || !seen.insert(name) {
             continue;
         }
         let collation: Option<(Option<String>,)> = sqlx::query_as(

@@ -3,8 +3,10 @@
 
 mod collation;
 mod ddl;
+mod dead_letters;
 
-use super::{Offsets, Partition, Row, Sink, SinkError, SinkTransaction, Transactional};
+use super::{Sink, SinkError, SinkTransaction, Transactional};
+use crate::model::{Offsets, Partition, Row};
 use serde_json::Value;
 use sluice_plugin_sdk::schema::{Output, Type};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -63,66 +65,6 @@ impl Sink for MysqlSink {
         {
             tracing::warn!(table = target, "{report}");
         }
-        Ok(())
-    }
-
-    async fn read_dead_letters(
-        &self,
-        target: &str,
-        decl: &Output,
-        pipeline: &str,
-        ids: &[String],
-        limit: u32,
-    ) -> Result<Vec<serde_json::Map<String, Value>>, SinkError> {
-        use sqlx::Row as _;
-        let columns: Vec<String> = decl
-            .fields
-            .iter()
-            .map(|f| match f.ty {
-                Type::Timestamp => format!(
-                    "DATE_FORMAT({}, '%Y-%m-%dT%H:%i:%s.%fZ')",
-                    ddl::quote(&f.name)
-                ),
-                _ => ddl::quote(&f.name),
-            })
-            .collect();
-        let mut q = QueryBuilder::<MySql>::new(format!(
-            "SELECT {} FROM {} WHERE pipeline = ",
-            columns.join(", "),
-            ddl::quote(target)
-        ));
-        q.push_bind(pipeline);
-        if !ids.is_empty() {
-            q.push(" AND ");
-            push_key_in(&mut q, decl, ids);
-        }
-        q.push(" ORDER BY failed_at DESC LIMIT ");
-        q.push_bind(limit);
-        let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
-        let read = |row: &sqlx::mysql::MySqlRow| -> Result<_, sqlx::Error> {
-            let mut map = serde_json::Map::new();
-            for (i, f) in decl.fields.iter().enumerate() {
-                let value = match f.ty {
-                    Type::Integer => row.try_get::<Option<i64>, _>(i)?.map(Value::from),
-                    _ => row.try_get::<Option<String>, _>(i)?.map(Value::from),
-                };
-                map.insert(f.name.clone(), value.unwrap_or(Value::Null));
-            }
-            Ok(map)
-        };
-        rows.iter()
-            .map(|r| read(r).map_err(|e| SinkError::Unavailable(format!("MySQL: {e}"))))
-            .collect()
-    }
-
-    async fn delete(&self, target: &str, decl: &Output, ids: &[String]) -> Result<(), SinkError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut q =
-            QueryBuilder::<MySql>::new(format!("DELETE FROM {} WHERE ", ddl::quote(target)));
-        push_key_in(&mut q, decl, ids);
-        q.build().execute(&self.pool).await.map_err(classify)?;
         Ok(())
     }
 
@@ -353,18 +295,33 @@ fn upsert(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
     q
 }
 
+/// Binds a value normalised by its declaration (`Output::check_value`).
 fn bind(b: &mut sqlx::query_builder::Separated<'_, MySql, &'static str>, ty: Type, v: &Value) {
-    match (ty, v) {
-        (_, Value::Null) => b.push_bind(None::<String>),
-        (Type::Integer, Value::Number(n)) => b.push_bind(n.as_i64()),
-        (Type::Float, Value::Number(n)) => b.push_bind(n.as_f64()),
-        (Type::Boolean, Value::Bool(x)) => b.push_bind(*x),
+    if v.is_null() {
+        b.push_bind(None::<String>);
+        return;
+    }
+    let text = || match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match ty {
+        Type::Integer => match v.as_i64() {
+            Some(n) => b.push_bind(n),
+            None => b.push_bind(text()),
+        },
+        Type::Float => match v.as_f64() {
+            Some(x) => b.push_bind(x),
+            None => b.push_bind(text()),
+        },
+        Type::Boolean => match v.as_bool() {
+            Some(x) => b.push_bind(x),
+            None => b.push_bind(text()),
+        },
         // Normalised "2024-05-01T10:00:00.000000Z" -> DATETIME(6) text in UTC.
-        (Type::Timestamp, Value::String(s)) => {
-            b.push_bind(s.trim_end_matches('Z').replacen('T', " ", 1))
-        }
-        (_, Value::String(s)) => b.push_bind(s.clone()),
-        (_, other) => b.push_bind(other.to_string()),
+        Type::Timestamp => b.push_bind(text().trim_end_matches('Z').replacen('T', " ", 1)),
+        // Decimals travel as canonical text; JSON as its text.
+        Type::Text(_) | Type::Decimal { .. } | Type::Json => b.push_bind(text()),
     };
 }
 

@@ -4,7 +4,7 @@
 //! share the same queries.
 
 use crate::config::{Config, SinkConfig};
-use crate::source::PartitionRange;
+use crate::model::{Batch, BatchDone, PartitionRange};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
@@ -129,6 +129,37 @@ pub struct RunTotals {
     pub dead_letters: u64,
     pub outputs: BTreeMap<String, u64>,
     pub offsets: Vec<PartitionRange>,
+}
+
+impl RunTotals {
+    /// Adds a written batch: its counts and its offsets.
+    pub fn add(&mut self, batch: &Batch, done: BatchDone) {
+        self.records_in += (batch.len() - done.already_written) as u64;
+        self.dead_letters += done.dead_letters as u64;
+        for (output, n) in done.outputs {
+            *self.outputs.entry(output).or_default() += n as u64;
+        }
+        let first = batch.first_offsets();
+        for ((topic, partition), next) in batch.next_offsets() {
+            let from = first[&(topic.clone(), partition)];
+            match self
+                .offsets
+                .iter_mut()
+                .find(|r| r.topic == topic && r.partition == partition)
+            {
+                Some(r) => {
+                    r.from = r.from.min(from);
+                    r.to = r.to.max(next);
+                }
+                None => self.offsets.push(PartitionRange {
+                    topic,
+                    partition,
+                    from,
+                    to: next,
+                }),
+            }
+        }
+    }
 }
 
 /// The plugin version that served a run.
@@ -453,14 +484,4 @@ fn from_row(row: &AnyRow) -> anyhow::Result<Run> {
         note: opt_text("note")?,
         deadline_exceeded: row.try_get::<i64, _>("deadline_exceeded")? != 0,
     })
-}
-
-impl From<&crate::runtime::PluginVersion> for PluginRef {
-    fn from(v: &crate::runtime::PluginVersion) -> Self {
-        PluginRef {
-            name: v.name.clone(),
-            version: v.info.version.clone(),
-            hash: v.hash.clone(),
-        }
-    }
 }

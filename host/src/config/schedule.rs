@@ -1,6 +1,6 @@
 //! When a pipeline's runs are due: continuously, every interval, or by cron.
 
-use crate::config::ScheduleConfig;
+use super::ScheduleConfig;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;

@@ -1,0 +1,13 @@
+//! The bottom layer: plain data types every other module speaks. Nothing
+//! here imports the rest of the host, so any layer may use it.
+//!
+//! - `batch`: records as a source delivers them, their positions, batches;
+//! - `row`: one validated output value, and the dead-letter declaration;
+//! - `canary`: what comparing a canary with the active version found.
+
+pub mod batch;
+pub mod canary;
+pub mod row;
+
+pub use batch::{Batch, Offsets, Partition, PartitionRange, SourceRecord};
+pub use row::{BatchDone, Row, Stage, dead_letter_decl};

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Prints the host library's module graph by layer (and fails on an import
+# that points sideways or up, or on a loop), then its largest files.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  echo "usage: scripts/module-graph.sh   module graph of host/src, checked; largest files"
+  exit 0
+fi
+cd "$ROOT"
+cargo test --quiet -p sluice --lib layers -- --nocapture 2>&1 \
+  | grep -vE '^(running|test |$|test result)'
+echo "largest files in host/src (lines):"
+find host/src -name '*.rs' -print0 | xargs -0 wc -l | sort -rn | sed -n '2,9p'
