@@ -37,7 +37,7 @@ const MYSQL: SinkType = SinkType {
 pub const SINK_TYPES: &[&SinkType] = &[&MONGODB, &MYSQL];
 
 /// A database outputs are written to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SinkConfig {
     /// A MongoDB-protocol server; document outputs go here by default.
