@@ -4,8 +4,8 @@
 //! halves until the failing records stand alone: they go to dead letters
 //! with the reason, the rest is delivered. A time-out is handled record by
 //! record instead, so a looping record costs two time limits (the whole
-//! batch's, then its own), not one per split level. A trapped instance is discarded and rebuilt from the
-//! pre-instantiated component.
+//! batch's, then its own), not one per split level. A trapped instance is
+//! discarded and rebuilt from the pre-instantiated component.
 
 use crate::runtime::{CallError, Instance, Limits, PluginVersion, call_once};
 use sluice_plugin_sdk::abi::BatchResult;
@@ -30,28 +30,59 @@ pub async fn run(
     count: usize,
     pack: impl Fn(Range<usize>) -> Vec<u8>,
 ) -> anyhow::Result<Transformed> {
-    let mut caller = Caller {
+    let mut plugin = Plugin {
         instance,
         version,
         limits,
     };
-    let mut out = Transformed {
+    let isolated = isolate(&mut plugin, count, pack).await?;
+    Ok(Transformed {
+        result: isolated.result,
+        trapped: isolated.trapped,
+        instance: plugin.instance,
+        isolated: isolated.split,
+    })
+}
+
+/// One call on a packed (sub-)batch: the plugin, or a double in tests.
+trait Call {
+    /// `Err` only if the call could not be made at all.
+    async fn call(&mut self, packed: Vec<u8>) -> anyhow::Result<Result<BatchResult, CallError>>;
+
+    /// Why a record failed, for its dead letter.
+    fn reason(&self, e: &CallError) -> String;
+}
+
+/// What `isolate` made of a batch.
+struct Isolated {
+    result: BatchResult,
+    trapped: Vec<(usize, String)>,
+    split: bool,
+}
+
+/// Calls `plugin` on the whole batch, then on halves of a failing part
+/// until its failing records stand alone.
+async fn isolate(
+    plugin: &mut impl Call,
+    count: usize,
+    pack: impl Fn(Range<usize>) -> Vec<u8>,
+) -> anyhow::Result<Isolated> {
+    let mut out = Isolated {
         result: BatchResult::default(),
         trapped: vec![],
-        instance: None,
-        isolated: false,
+        split: false,
     };
-    let first = caller.call(pack(0..count)).await?;
-    let mut failing = match first {
+    let mut failing = match plugin.call(pack(0..count)).await? {
         Ok(result) => {
             out.result = result;
-            out.instance = caller.instance;
             return Ok(out);
         }
         Err(e) => {
-            tracing::warn!(plugin = %caller.version.name, records = count,
-                "batch failed ({e}); isolating the failing records");
-            out.isolated = true;
+            tracing::warn!(
+                records = count,
+                "batch failed ({e}); isolating the failing records"
+            );
+            out.split = true;
             vec![(0..count, e)]
         }
     };
@@ -61,34 +92,34 @@ pub async fn run(
                 let result = if range.len() == 1 {
                     Err(error.clone())
                 } else {
-                    caller.call(pack(i..i + 1)).await?
+                    plugin.call(pack(i..i + 1)).await?
                 };
                 match result {
                     Ok(r) => merge(&mut out.result, r, i),
-                    Err(e) => out.trapped.push((i, caller.reason(&e))),
+                    Err(e) => out.trapped.push((i, plugin.reason(&e))),
                 }
             }
             continue;
         }
         let mid = range.start + range.len() / 2;
         for half in [mid..range.end, range.start..mid] {
-            match caller.call(pack(half.clone())).await? {
+            match plugin.call(pack(half.clone())).await? {
                 Ok(r) => merge(&mut out.result, r, half.start),
                 Err(e) => failing.push((half, e)),
             }
         }
     }
-    out.instance = caller.instance;
     Ok(out)
 }
 
-struct Caller {
+/// The real plugin: one instance, rebuilt after a trap.
+struct Plugin {
     instance: Option<Instance>,
     version: Arc<PluginVersion>,
     limits: Limits,
 }
 
-impl Caller {
+impl Call for Plugin {
     /// One call on a blocking thread; a trapped instance is dropped.
     async fn call(&mut self, packed: Vec<u8>) -> anyhow::Result<Result<BatchResult, CallError>> {
         let instance = self.instance.take();
@@ -122,4 +153,138 @@ fn merge(into: &mut BatchResult, r: BatchResult, offset: usize) {
         e.source += offset;
         e
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugin_sdk::abi::{self, OutputRecord, Record};
+
+    /// A plugin double: one output per record, except that a batch holding
+    /// a record whose offset is in `bad` fails whole (as a trap would), and
+    /// one holding an offset in `slow` times out.
+    struct Double {
+        bad: Vec<i64>,
+        slow: Vec<i64>,
+        calls: usize,
+    }
+
+    impl Call for Double {
+        async fn call(
+            &mut self,
+            packed: Vec<u8>,
+        ) -> anyhow::Result<Result<BatchResult, CallError>> {
+            self.calls += 1;
+            let records = abi::decode_batch(&packed).unwrap();
+            if let Some(r) = records.iter().find(|r| self.slow.contains(&r.offset)) {
+                return Ok(Err(CallError::Timeout(format!(
+                    "offset {} looped",
+                    r.offset
+                ))));
+            }
+            if let Some(r) = records.iter().find(|r| self.bad.contains(&r.offset)) {
+                return Ok(Err(CallError::Trap(format!("offset {} trapped", r.offset))));
+            }
+            let outputs = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| OutputRecord {
+                    source: i as u32,
+                    output: "o".into(),
+                    value: r.offset.to_string().into_bytes(),
+                })
+                .collect();
+            Ok(Ok(BatchResult {
+                outputs,
+                errors: vec![],
+            }))
+        }
+
+        fn reason(&self, e: &CallError) -> String {
+            e.to_string()
+        }
+    }
+
+    /// Records at offsets 0..count, packed by range.
+    fn pack(range: Range<usize>) -> Vec<u8> {
+        let records: Vec<Record> = range
+            .map(|i| Record {
+                topic: "t",
+                partition: 0,
+                offset: i as i64,
+                timestamp: None,
+                key: None,
+                value: None,
+                headers: abi::Headers::EMPTY,
+            })
+            .collect();
+        abi::encode_batch(&records)
+    }
+
+    /// Each output's (source index, the offset it says it came from).
+    fn sources(result: &BatchResult) -> Vec<(u32, i64)> {
+        let mut s: Vec<_> = result
+            .outputs
+            .iter()
+            .map(|o| (o.source, String::from_utf8_lossy(&o.value).parse().unwrap()))
+            .collect();
+        s.sort();
+        s
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_halved_until_its_failing_records_stand_alone() {
+        let mut plugin = Double {
+            bad: vec![7, 42],
+            slow: vec![],
+            calls: 0,
+        };
+        let out = isolate(&mut plugin, 100, pack).await.unwrap();
+        assert!(out.split);
+        let trapped: Vec<usize> = out.trapped.iter().map(|(i, _)| *i).collect();
+        assert_eq!(trapped, [7, 42]);
+        assert!(
+            out.trapped[0].1.contains("offset 7 trapped"),
+            "{:?}",
+            out.trapped
+        );
+        let got = sources(&out.result);
+        assert_eq!(got.len(), 98);
+        assert!(
+            got.iter().all(|&(source, offset)| source as i64 == offset),
+            "every output points at the record it came from"
+        );
+        // Two failing records in 100: about 2 x 2 x log2(100) calls, not 100.
+        assert!(plugin.calls <= 30, "{} calls", plugin.calls);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_part_is_retried_record_by_record_not_halved() {
+        let mut plugin = Double {
+            bad: vec![],
+            slow: vec![3],
+            calls: 0,
+        };
+        let out = isolate(&mut plugin, 8, pack).await.unwrap();
+        let trapped: Vec<usize> = out.trapped.iter().map(|(i, _)| *i).collect();
+        assert_eq!(trapped, [3]);
+        assert_eq!(sources(&out.result).len(), 7);
+        assert_eq!(
+            plugin.calls,
+            1 + 8,
+            "the whole batch, then each record once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_healthy_batch_is_one_call() {
+        let mut plugin = Double {
+            bad: vec![],
+            slow: vec![],
+            calls: 0,
+        };
+        let out = isolate(&mut plugin, 50, pack).await.unwrap();
+        assert!(!out.split && out.trapped.is_empty());
+        assert_eq!((sources(&out.result).len(), plugin.calls), (50, 1));
+    }
 }

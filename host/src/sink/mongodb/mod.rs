@@ -68,10 +68,11 @@ impl Sink for MongoSink {
     async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
         let existing = self.db.list_collection_names().await.map_err(classify)?;
         if !existing.iter().any(|c| c == target) {
-            match self.command(doc! { "create": target }).await {
+            match self.db.run_command(doc! { "create": target }).await {
+                Ok(_) => {}
                 // Another instance created it first.
-                Err(SinkError::Unavailable(m)) if m.contains("already exists") => {}
-                other => other.map(drop)?,
+                Err(e) if command_code(&e) == Some(NAMESPACE_EXISTS) => {}
+                Err(e) => return Err(classify(e)),
             }
         }
         if decl.indexes.is_empty() {
@@ -201,6 +202,8 @@ impl MongoSink {
 }
 
 const DUPLICATE_KEY: i32 = 11000;
+/// `create` of a collection that exists (MongoDB and FerretDB).
+const NAMESPACE_EXISTS: i32 = 48;
 
 /// JSON fields -> BSON, with declared timestamps as BSON dates so they
 /// sort and compare as dates in MongoDB.
@@ -254,6 +257,14 @@ fn to_json(value: Option<&Bson>) -> serde_json::Value {
 
 fn unavailable(e: mongodb::error::Error) -> SinkError {
     SinkError::Unavailable(format!("MongoDB: {e}"))
+}
+
+/// The server's error code, for a command the server refused.
+fn command_code(e: &mongodb::error::Error) -> Option<i32> {
+    match &*e.kind {
+        mongodb::error::ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
 }
 
 /// Server-side refusals of the data (bad document, duplicate unique key)
