@@ -132,12 +132,7 @@ impl Renderer<'_> {
         }
         let target = self.resolve(property);
         if target.get("properties").is_some() {
-            let title = format!("`[{path}]`");
-            let link = anchor(&title);
-            return (
-                format!("table, see [below](#{link})"),
-                Some((title, path.to_string(), target.clone())),
-            );
+            return see_below("table", format!("`[{path}]`"), path.to_string(), target);
         }
         if let Some(variants) = target.get("oneOf").and_then(Value::as_array)
             && variants.iter().all(|v| v.get("properties").is_some())
@@ -152,11 +147,7 @@ impl Renderer<'_> {
                 let items = &target["items"];
                 if self.resolve(items).get("properties").is_some() {
                     let title = format!("`[[{path}]]`");
-                    let link = anchor(&title);
-                    return (
-                        format!("list of tables, see [below](#{link})"),
-                        Some((title, format!("{path}[]"), items.clone())),
-                    );
+                    return see_below("list of tables", title, format!("{path}[]"), items);
                 }
                 (format!("list of {}", self.kind_of(path, items).0), None)
             }
@@ -165,11 +156,7 @@ impl Renderer<'_> {
                 let inner = self.resolve(values);
                 if inner.get("properties").is_some() || inner.get("oneOf").is_some() {
                     let title = format!("`[{path}.NAME]`");
-                    let link = anchor(&title);
-                    return (
-                        format!("tables by name, see [below](#{link})"),
-                        Some((title, format!("{path}.NAME"), inner.clone())),
-                    );
+                    return see_below("tables by name", title, format!("{path}.NAME"), inner);
                 }
                 (format!("table of {}", self.kind_of(path, values).0), None)
             }
@@ -210,6 +197,20 @@ impl Renderer<'_> {
             .collect();
         (!described.is_empty()).then(|| format!("Values: {}.", described.join("; ")))
     }
+}
+
+/// A key that opens its own section: its type, with a link to the section.
+fn see_below(
+    kind: &str,
+    title: String,
+    path: String,
+    schema: &Value,
+) -> (String, Option<(String, String, Value)>) {
+    let link = anchor(&title);
+    (
+        format!("{kind}, see [below](#{link})"),
+        Some((title, path, schema.clone())),
+    )
 }
 
 fn scalar(schema: &Value) -> String {

@@ -207,17 +207,7 @@ mod tests {
 
     /// Records at offsets 0..count, packed by range.
     fn pack(range: Range<usize>) -> Vec<u8> {
-        let records: Vec<Record> = range
-            .map(|i| Record {
-                topic: "t",
-                partition: 0,
-                offset: i as i64,
-                timestamp: None,
-                key: None,
-                value: None,
-                headers: abi::Headers::EMPTY,
-            })
-            .collect();
+        let records: Vec<Record> = range.map(crate::router::testing::record).collect();
         abi::encode_batch(&records)
     }
 
