@@ -30,7 +30,9 @@ impl MysqlSink {
     pub fn connect(url: &str, max_connections: u32) -> Result<Self, SinkError> {
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            // A database that does not answer is reported (the pipeline
+            // shows degraded) and retried after this long, not later.
+            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url)
             .map_err(|e| SinkError::Unavailable(format!("invalid MySQL URL: {e}")))?;
         Ok(MysqlSink {
