@@ -8,7 +8,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 cd "$ROOT"
-cargo test --quiet -p sluice --lib layers -- --nocapture 2>&1 \
-  | grep -vE '^(running|test |$|test result)'
+cargo test -p sluice --lib layers -- --nocapture --test-threads=1 --format=terse 2>&1 \
+  | sed -E 's/^\.+//' \
+  | grep -E '^(module graph|  [0-9]|.*imports|import loop|files of|thread|error)'
 echo "largest files in host/src (lines):"
 find host/src -name '*.rs' -print0 | xargs -0 wc -l | sort -rn | sed -n '2,9p'
