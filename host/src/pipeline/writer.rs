@@ -269,13 +269,12 @@ pub(super) async fn retry_sink<T, F, Fut>(
     shutdown: &mut watch::Receiver<bool>,
     on_error: OnSinkError,
     what: &str,
-    op: F,
+    mut op: F,
 ) -> anyhow::Result<Option<T>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
-    let mut op = op;
     if on_error == OnSinkError::Fail {
         return op()
             .await
