@@ -155,7 +155,13 @@ fn reload_latencies(v1: &std::path::Path, v2: &std::path::Path, reloads: usize) 
     std::fs::copy(v1, &target).unwrap();
     let registry = Registry::new(Runtime::new().unwrap(), dir.clone());
     registry.load("orders").unwrap();
-    let _watcher = rt.block_on(async { sluice::runtime::watch(registry.clone()).unwrap() });
+    let _watcher = rt.block_on(async {
+        sluice::runtime::watch(
+            registry.clone(),
+            std::sync::Arc::new(sluice::runtime::AdmitAll),
+        )
+        .unwrap()
+    });
     let mut latencies = Vec::new();
     for i in 0..reloads {
         let source = if i % 2 == 0 { v2 } else { v1 };

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["ledger", "runtime", "sink", "source"],
     &["router"],
-    &["canary"],
+    &["canary", "schema"],
     &["pipeline"],
     &["dlq"],
     &["scheduler"],

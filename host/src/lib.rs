@@ -20,6 +20,7 @@ pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
+pub mod schema;
 pub mod sink;
 pub mod source;
 
@@ -132,7 +133,8 @@ impl Host {
         let mut stats = BTreeMap::new();
         for p in &config.pipelines {
             let mut pipeline =
-                Pipeline::new(p.clone(), config.clone(), registry.clone(), sinks.clone());
+                Pipeline::new(p.clone(), config.clone(), registry.clone(), sinks.clone())
+                    .recording_to(ledger.clone());
             let version = pipeline.version()?;
             pipeline
                 .prepare(&version, &mut no_shutdown, OnSinkError::RetryUntilShutdown)
@@ -157,7 +159,12 @@ impl Host {
         shutdown: impl Future<Output = ()>,
         mode: RunMode,
     ) -> anyhow::Result<()> {
-        let _watcher = runtime::watch(self.registry.clone()).map_err(|e| {
+        let gate = Arc::new(schema::Gate {
+            config: self.config.clone(),
+            sinks: self.sinks.clone(),
+            registry: self.registry.clone(),
+        });
+        let _watcher = runtime::watch(self.registry.clone(), gate).map_err(|e| {
             anyhow::anyhow!("cannot watch {}: {e}", self.config.plugins_dir.display())
         })?;
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -85,6 +85,12 @@ enum Command {
         #[command(flatten)]
         list: cli::PluginsArgs,
     },
+    /// Schema changes: `plan` what a new plugin file would change in the
+    /// sinks (or why it would be refused); `history` of changes applied.
+    Schema {
+        #[command(subcommand)]
+        command: cli::SchemaCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
         Command::Pipelines { config, json } => cli::pipelines(&config, json),
         Command::Plugins { action, list } => cli::plugins(action, list),
         Command::Dlq { command } => block_on(Box::pin(cli::dlq(command))),
+        Command::Schema { command } => block_on(Box::pin(cli::schema(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,6 +60,22 @@ impl Type {
     }
 }
 
+/// As the SDK spells it: `text(64)`, `decimal(12,2)`, `timestamp`.
+impl std::fmt::Display for Type {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Type::Text(Some(n)) => write!(f, "text({n})"),
+            Type::Text(None) => f.write_str("text"),
+            Type::Integer => f.write_str("integer"),
+            Type::Float => f.write_str("float"),
+            Type::Boolean => f.write_str("boolean"),
+            Type::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+            Type::Timestamp => f.write_str("timestamp"),
+            Type::Json => f.write_str("json"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub name: String,

@@ -86,17 +86,25 @@ pub fn plugin_wasm(name: &str, v2: bool) -> PathBuf {
 
 /// Builds a variant of the test-only `hostile` plugin (once per process)
 /// with a describe-time `feature`, or `hostile_import` for `"import"`.
-/// All variants share one target folder, so only the plugin itself is
-/// rebuilt per feature; each result is copied aside under its own folder.
 pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
+    match feature {
+        None => variant_wasm("hostile", None),
+        Some("import") => variant_wasm("hostile_import", None),
+        Some(f) => variant_wasm("hostile", Some(f)),
+    }
+}
+
+/// Builds plugin `package` with `feature` (once per process). All variants
+/// share one target folder, so only the plugin itself is rebuilt per
+/// feature; each result is copied aside under its own folder.
+pub fn variant_wasm(package: &str, feature: Option<&str>) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let plugins = repo_root().join("plugins");
-    let (package, tag) = match feature {
-        None => ("hostile", "hostile".to_string()),
-        Some("import") => ("hostile_import", "hostile_import".to_string()),
-        Some(f) => ("hostile", format!("hostile-{f}")),
+    let tag = match feature {
+        None => package.to_string(),
+        Some(f) => format!("{package}-{f}"),
     };
-    let target_dir = plugins.join("target/hostile");
+    let target_dir = plugins.join("target/variants");
     let kept = target_dir.join(&tag).join(format!("{package}.wasm"));
     let mut built = BUILT.lock().unwrap();
     if !built.contains(&tag) {
@@ -114,8 +122,8 @@ pub fn hostile_wasm(feature: Option<&str>) -> PathBuf {
             ])
             .arg("--target-dir")
             .arg(&target_dir);
-        if let Some(f) = feature.filter(|f| *f != "import") {
-            cargo.args(["--features", f]);
+        if let Some(f) = feature {
+            cargo.args(["--features", &format!("{package}/{f}")]);
         }
         assert!(cargo.status().unwrap().success(), "building {tag} failed");
         std::fs::create_dir_all(kept.parent().unwrap()).unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 15] = [
+    let commands: [&[&str]; 18] = [
         &["--help"],
         &["run", "--help"],
         &["validate", "--help"],
@@ -25,6 +25,9 @@ fn every_command_has_help() {
         &["dlq", "--help"],
         &["dlq", "list", "--help"],
         &["dlq", "replay", "--help"],
+        &["schema", "--help"],
+        &["schema", "plan", "--help"],
+        &["schema", "history", "--help"],
     ];
     for args in commands {
         let out = Command::new(sluice_bin()).args(args).output().unwrap();

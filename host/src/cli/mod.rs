@@ -1,16 +1,19 @@
 //! The operating commands: `runs`, `runs show`, `trigger`, `backfill`,
 //! `pipelines`, `plugins` (`promote`, `rollback`), `dlq` (`list`,
-//! `replay`). `runs` and `dlq list` read the ledger and the dead-letter
-//! sink themselves; the others ask the running host through its API.
+//! `replay`), `schema` (`plan`, `history`). `runs`, `dlq list` and `schema`
+//! read the ledger and the sinks themselves; the others ask the running
+//! host through its API.
 
 mod dlq;
 mod plugins;
 mod runs;
+mod schema;
 mod table;
 
 pub use dlq::{DlqCommand, dlq};
 pub use plugins::{PluginsArgs, PluginsCommand, plugins};
 pub use runs::{RunsArgs, RunsCommand, runs};
+pub use schema::{SchemaCommand, schema};
 
 use chrono::{DateTime, Utc};
 use sluice::api::client::Client;

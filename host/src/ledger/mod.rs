@@ -1,7 +1,11 @@
 //! The run ledger: every run of every pipeline, kept in SQLite in the state
-//! folder by default, or in the database of a `mysql` sink. One table,
-//! `sluice_runs`, written through sqlx's `Any` driver so both backends
-//! share the same queries.
+//! folder by default, or in the database of a `mysql` sink: `sluice_runs`,
+//! and `sluice_schema_changes` (see `schema_changes`), written through
+//! sqlx's `Any` driver so both backends share the same queries.
+
+mod schema_changes;
+
+pub use schema_changes::SchemaChange;
 
 use crate::config::{Config, SinkConfig};
 use crate::model::{Batch, BatchDone, PartitionRange};
@@ -230,7 +234,7 @@ impl Ledger {
                 (
                     url,
                     format!("sink '{sink}', table sluice_runs"),
-                    &[MYSQL_DDL],
+                    &[MYSQL_DDL, schema_changes::MYSQL_DDL],
                 )
             }
             None => {
@@ -249,7 +253,7 @@ impl Ledger {
                 (
                     format!("sqlite://{}?mode=rwc", path.display()),
                     path.display().to_string(),
-                    &[SQLITE_DDL, SQLITE_INDEX],
+                    &[SQLITE_DDL, SQLITE_INDEX, schema_changes::SQLITE_DDL],
                 )
             }
         };

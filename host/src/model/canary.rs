@@ -67,6 +67,10 @@ pub struct Report {
     pub differing_rows: u64,
     pub samples: Vec<Difference>,
     pub last_failure: Option<String>,
+    /// The schema changes promotion will apply, in words (nothing is
+    /// applied before).
+    #[serde(default)]
+    pub schema_plan: Vec<String>,
 }
 
 impl Report {
@@ -84,6 +88,7 @@ impl Report {
             differing_rows: 0,
             samples: vec![],
             last_failure: None,
+            schema_plan: vec![],
         }
     }
 
@@ -128,6 +133,9 @@ impl Report {
         );
         if let Some(f) = &self.last_failure {
             s.push_str(&format!("; last problem: {f}"));
+        }
+        if !self.schema_plan.is_empty() {
+            s.push_str(&format!("; on promotion: {}", self.schema_plan.join("; ")));
         }
         s
     }

@@ -49,6 +49,10 @@ impl Pipeline {
                     }
                 }
             };
+            // A new version's schema changes run before its first batch.
+            if !self.prepare_or_quarantine(&version, &mut shutdown).await? {
+                continue;
+            }
             if self.stats.pause(None) {
                 tracing::info!(pipeline = %name, "resumed");
             }

@@ -25,11 +25,11 @@ pub use stats::{Stats, StatsSnapshot, Trouble};
 
 use crate::canary::Shadow;
 use crate::config::{Config, OffsetStore, PipelineConfig};
-use crate::ledger::PluginRef;
+use crate::ledger::{Ledger, PluginRef};
 use crate::model::{Offsets, Partition};
 use crate::router::Routes;
 use crate::runtime::{Instance, Limits, PluginVersion, Registry};
-use crate::sink::{Sink, Sinks};
+use crate::sink::{Sink, SinkError, Sinks};
 use crate::source::KafkaSource;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -49,6 +49,8 @@ pub struct Pipeline {
     failing_batches: u32,
     /// The canary running beside this pipeline, with `reload = "canary"`.
     shadow: Shadow,
+    /// Where schema changes are recorded (see `recording_to`).
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Pipeline {
@@ -70,7 +72,15 @@ impl Pipeline {
             stats: Arc::default(),
             failing_batches: 0,
             shadow: Shadow::default(),
+            ledger: None,
         }
+    }
+
+    /// Records the schema changes this pipeline's plugin versions make in
+    /// `ledger`.
+    pub fn recording_to(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// A fresh pipeline with the same config, plugin and sinks, sharing the
@@ -78,6 +88,7 @@ impl Pipeline {
     pub fn sibling(&self) -> Pipeline {
         Pipeline {
             stats: self.stats.clone(),
+            ledger: self.ledger.clone(),
             ..Pipeline::new(
                 self.config.clone(),
                 self.global.clone(),
@@ -196,14 +207,50 @@ impl Pipeline {
         let routes = Routes::resolve(&self.global, &self.config, version, &self.sinks)
             .map_err(anyhow::Error::msg)?;
         let routes = Arc::new(routes);
-        let what = format!("pipeline '{}': preparing sinks", self.config.name);
+        let what = format!(
+            "pipeline '{}': plugin {} ({} {}) prepares its sinks",
+            self.config.name,
+            version.path.display(),
+            version.name,
+            version.info.version
+        );
         let prepared =
             writer::retry_sink(&self.stats, shutdown, on_error, &what, || routes.prepare()).await?;
-        if prepared.is_none() {
+        let Some(applied) = prepared else {
             return Ok(None);
+        };
+        if !applied.is_empty()
+            && let Some(ledger) = &self.ledger
+            && let Err(e) = ledger
+                .record_schema_changes(&self.config.name, &PluginRef::from(version), &applied)
+                .await
+        {
+            tracing::warn!(pipeline = %self.config.name, "schema changes applied but not recorded in the ledger: {e:#}");
         }
         self.routes = Some((version.hash.clone(), routes.clone()));
         Ok(Some(routes))
+    }
+
+    /// Prepares the sinks for a version about to serve its first batch
+    /// here. Changes the sinks refuse (see `sink::migrate`) quarantine it:
+    /// the pipeline pauses before consuming anything, like for any
+    /// version that cannot serve. `false` if the batch must not be fetched.
+    pub(super) async fn prepare_or_quarantine(
+        &mut self,
+        version: &Arc<PluginVersion>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<bool> {
+        match self
+            .prepare_routes(version, shutdown, OnSinkError::RetryUntilShutdown)
+            .await
+        {
+            Ok(prepared) => Ok(prepared.is_some()),
+            Err(e) if e.downcast_ref::<SinkError>().is_some() => {
+                self.registry.quarantine(version, format!("{e:#}"));
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Quarantines the version after `limits.quarantine_after` failing

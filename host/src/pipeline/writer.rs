@@ -6,7 +6,7 @@
 use super::{Pipeline, Stats, Trouble, transform};
 use crate::config::OffsetStore;
 use crate::model::{Batch, BatchDone, Row, SourceRecord, Stage};
-use crate::retry::{Backoff, retry};
+use crate::retry::{Backoff, GaveUp, retry};
 use crate::router::{self, DeadLetterContext, Route, Routed, Routes};
 use crate::runtime::PluginVersion;
 use crate::sink::{SinkError, SinkTransaction};
@@ -275,15 +275,23 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SinkError>>,
 {
+    // A refused schema change is returned as it is, so that callers can
+    // tell it (`downcast_ref::<SinkError>`) from a sink that is down.
+    let error = |e: SinkError| match e {
+        SinkError::Incompatible(why) => {
+            anyhow::Error::new(SinkError::Incompatible(format!("{what}: {why}")))
+        }
+        other => anyhow::anyhow!("{what}: {other}"),
+    };
     if on_error == OnSinkError::Fail {
-        return op()
-            .await
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{what}: {e}"));
+        return op().await.map(Some).map_err(error);
     }
     let since = chrono::Utc::now();
     let backoff = Backoff::exponential(Duration::from_millis(200), MAX_BACKOFF);
     let result = retry(backoff, Some(shutdown), op, |e, _, delay| {
+        if matches!(e, SinkError::Incompatible(_)) {
+            return ControlFlow::Break(());
+        }
         Stats::add(&stats.sink_retries, 1);
         stats.set_degraded(
             Trouble::Sink,
@@ -305,8 +313,9 @@ where
             }
             Ok(Some(done))
         }
-        Err(gave_up) => {
-            tracing::warn!("{what}: {}; stopping for shutdown", gave_up.into_error());
+        Err(GaveUp::Stopped(e)) => Err(error(e)),
+        Err(GaveUp::ShutDown(e)) => {
+            tracing::warn!("{what}: {e}; stopping for shutdown");
             Ok(None)
         }
     }

@@ -3,7 +3,7 @@
 //! rejected records and invalid outputs into dead letters.
 
 use crate::config::{Config, OffsetStore, PipelineConfig, SINK_TYPES};
-use crate::model::{Row, Stage, dead_letter_decl};
+use crate::model::{Applied, Plan, Row, Stage, dead_letter_decl};
 use crate::runtime::PluginVersion;
 use crate::sink::{Sink, SinkError, Sinks};
 use serde_json::{Map, Value};
@@ -30,8 +30,28 @@ pub struct Route {
 }
 
 impl Route {
-    pub async fn prepare(&self) -> Result<(), SinkError> {
-        self.sink.prepare(&self.target, &self.decl).await
+    /// Creates or migrates the table or collection; a refusal names the
+    /// output and the sink.
+    pub async fn prepare(&self) -> Result<Vec<Applied>, SinkError> {
+        self.sink
+            .prepare(&self.target, &self.decl)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// What `prepare` would do, changing nothing.
+    pub async fn plan(&self) -> Result<Plan, SinkError> {
+        self.sink.plan(&self.target, &self.decl).await
+    }
+
+    fn explain(&self, e: SinkError) -> SinkError {
+        match e {
+            SinkError::Incompatible(why) => SinkError::Incompatible(format!(
+                "output '{}' (sink '{}'): {why}",
+                self.decl.name, self.sink_name
+            )),
+            other => other,
+        }
     }
 
     pub async fn write(&self, rows: &[Row]) -> Result<(), SinkError> {
@@ -137,11 +157,18 @@ impl Routes {
         })
     }
 
-    pub async fn prepare(&self) -> Result<(), SinkError> {
-        for route in self.outputs.values().chain([&self.dead_letter]) {
-            route.prepare().await?;
+    /// Prepares every route (see `Route::prepare`); what it changed.
+    pub async fn prepare(&self) -> Result<Vec<Applied>, SinkError> {
+        let mut applied = Vec::new();
+        for route in self.all() {
+            applied.extend(route.prepare().await?);
         }
-        Ok(())
+        Ok(applied)
+    }
+
+    /// The outputs' routes, then the dead letters'.
+    pub fn all(&self) -> impl Iterator<Item = &Route> {
+        self.outputs.values().chain([&self.dead_letter])
     }
 }
 

@@ -13,7 +13,7 @@ pub use call::{CallError, Limits};
 pub use engine::Runtime;
 pub use instance::{Instance, call_once};
 pub use plugin::{LoadError, PluginVersion, short_hash};
-pub use registry::{Registry, Unavailable};
+pub use registry::{Admission, AdmitAll, Registry, Unavailable};
 pub use watcher::watch;
 
 /// Generated host bindings for `wit/sluice.wit`.

@@ -69,6 +69,25 @@ pub enum Unavailable {
     },
 }
 
+/// Checks a loaded version before it is published: one refused never
+/// serves, and the version serving now goes on.
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync {
+    /// The changes publishing it will make, in words, or why it must not
+    /// be published.
+    async fn admit(&self, version: &PluginVersion) -> Result<Vec<String>, String>;
+}
+
+/// Admits every version: for hosts without sinks (benchmarks, tools).
+pub struct AdmitAll;
+
+#[async_trait::async_trait]
+impl Admission for AdmitAll {
+    async fn admit(&self, _version: &PluginVersion) -> Result<Vec<String>, String> {
+        Ok(vec![])
+    }
+}
+
 /// How many refused reloads the registry remembers.
 pub const MAX_REJECTIONS: usize = 100;
 
@@ -175,17 +194,34 @@ impl Registry {
         bytes: Vec<u8>,
         detected_at: Instant,
     ) -> Result<Arc<PluginVersion>, LoadError> {
-        let version = Arc::new(PluginVersion::load(
-            &self.runtime,
-            path,
-            &bytes,
-            detected_at,
-        )?);
-        self.publish(version.clone(), Arc::new(bytes));
+        let version = self.compile(path, &bytes, detected_at)?;
+        self.publish(version.clone(), Arc::new(bytes), vec![]);
         Ok(version)
     }
 
-    fn publish(&self, version: Arc<PluginVersion>, bytes: Arc<Vec<u8>>) {
+    /// Loads a version without publishing it (see `Admission`).
+    pub fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        detected_at: Instant,
+    ) -> Result<Arc<PluginVersion>, LoadError> {
+        Ok(Arc::new(PluginVersion::load(
+            &self.runtime,
+            path,
+            bytes,
+            detected_at,
+        )?))
+    }
+
+    /// Makes a loaded version current, or the canary of a canary plugin
+    /// (whose report shows `schema_plan`, applied on promotion).
+    pub fn publish(
+        &self,
+        version: Arc<PluginVersion>,
+        bytes: Arc<Vec<u8>>,
+        schema_plan: Vec<String>,
+    ) {
         let name = version.name.clone();
         let mut canary = self.canary.lock().unwrap();
         self.removed.lock().unwrap().remove(&name);
@@ -209,7 +245,8 @@ impl Registry {
             if !self.quarantined.lock().unwrap().contains_key(&stable.hash) {
                 tracing::info!(plugin = %name, version = %version.info.version, hash = %version.short_hash(),
                     active = %stable.info.version, "new version runs as a canary, in shadow, until promoted");
-                let report = Report::new(&version.info.version, &version.hash);
+                let mut report = Report::new(&version.info.version, &version.hash);
+                report.schema_plan = schema_plan;
                 canary.candidates.insert(
                     name,
                     Candidate {

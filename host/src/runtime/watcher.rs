@@ -1,12 +1,13 @@
 //! Hot reload: watch the plugins folder, wait for writes to settle, load
-//! the new version off the hot path, publish it in the registry.
+//! the new version off the hot path, let the `Admission` check it (its
+//! schema changes), publish it in the registry.
 //!
 //! Editors and `cp` write a file in several steps; loading on the first
 //! event would compile half a file. So each changed path waits until no
 //! event arrived for `SETTLE` and its size and mtime are unchanged.
 
 use super::plugin::PluginVersion;
-use super::registry::Registry;
+use super::registry::{Admission, Registry};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +18,10 @@ use tokio::sync::mpsc;
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// Starts watching; the returned guard keeps the watcher alive.
-pub fn watch(registry: Arc<Registry>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(
+    registry: Arc<Registry>,
+    admission: Arc<dyn Admission>,
+) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = mpsc::unbounded_channel();
     let tx2 = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -49,12 +53,13 @@ pub fn watch(registry: Arc<Registry>) -> notify::Result<notify::RecommendedWatch
             }
         }
     }
-    tokio::spawn(settle_and_load(registry, rx));
+    tokio::spawn(settle_and_load(registry, admission, rx));
     Ok(watcher)
 }
 
 async fn settle_and_load(
     registry: Arc<Registry>,
+    admission: Arc<dyn Admission>,
     mut rx: mpsc::UnboundedReceiver<(PathBuf, Instant)>,
 ) {
     // path -> (first event, last event)
@@ -83,54 +88,94 @@ async fn settle_and_load(
             .collect();
         for (path, first) in ready {
             pending.remove(&path);
-            let registry = registry.clone();
-            let result = tokio::task::spawn_blocking(move || reload(&registry, path, first)).await;
-            if let Ok(Some(again)) = result {
-                pending.insert(again, (first, Instant::now()));
+            let loading = registry.clone();
+            let result = tokio::task::spawn_blocking(move || reload(&loading, path, first)).await;
+            match result {
+                Ok(Reload::Again(path)) => {
+                    pending.insert(path, (first, Instant::now()));
+                }
+                Ok(Reload::Loaded(version, bytes)) => {
+                    admit(&registry, &*admission, version, bytes).await
+                }
+                Ok(Reload::Nothing) | Err(_) => {}
             }
         }
     }
 }
 
-/// Loads a settled file. Returns the path again if it is still changing.
-fn reload(registry: &Registry, path: PathBuf, detected_at: Instant) -> Option<PathBuf> {
-    let name = path.file_stem()?.to_string_lossy().into_owned();
+enum Reload {
+    /// Still changing: wait again.
+    Again(PathBuf),
+    /// A new version, compiled, not yet published.
+    Loaded(Arc<PluginVersion>, Vec<u8>),
+    Nothing,
+}
+
+/// Loads a settled file.
+fn reload(registry: &Registry, path: PathBuf, detected_at: Instant) -> Reload {
+    let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        return Reload::Nothing;
+    };
     let Ok(before) = std::fs::metadata(&path) else {
         tracing::warn!(plugin = %name, file = %path.display(),
             "plugin file removed; pipelines using it pause until it is back");
         registry.removed(&name, &path);
-        return None;
+        return Reload::Nothing;
     };
     std::thread::sleep(Duration::from_millis(20));
-    let after = std::fs::metadata(&path).ok()?;
+    let Ok(after) = std::fs::metadata(&path) else {
+        return Reload::Nothing;
+    };
     if before.len() != after.len() || before.modified().ok() != after.modified().ok() {
         tracing::debug!(plugin = %name, "file still changing; waiting for it to settle");
-        return Some(path);
+        return Reload::Again(path);
     }
-    let bytes = match PluginVersion::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::error!(plugin = %name, "plugin reload rejected, previous version keeps serving: {e}");
-            registry.reject(e.to_string());
-            return None;
+    let loaded = PluginVersion::read(&path).and_then(|bytes| {
+        if registry.is_current(&name, &PluginVersion::hash_of(&bytes)) {
+            return Ok(None);
         }
+        let version = registry.compile(&path, &bytes, detected_at)?;
+        Ok(Some((version, bytes)))
+    });
+    match loaded {
+        Ok(Some((version, bytes))) => Reload::Loaded(version, bytes),
+        Ok(None) => {
+            tracing::debug!(plugin = %name, "file event for a version already known; nothing to load");
+            Reload::Nothing
+        }
+        Err(e) => {
+            rejected(registry, &name, &path, e.to_string());
+            Reload::Nothing
+        }
+    }
+}
+
+/// Publishes a loaded version its admission accepts.
+async fn admit(
+    registry: &Registry,
+    admission: &dyn Admission,
+    version: Arc<PluginVersion>,
+    bytes: Vec<u8>,
+) {
+    let (name, path) = (version.name.clone(), version.path.clone());
+    let schema_plan = match admission.admit(&version).await {
+        Ok(plan) => plan,
+        Err(why) => return rejected(registry, &name, &path, why),
     };
-    if registry.is_current(&name, &PluginVersion::hash_of(&bytes)) {
-        tracing::debug!(plugin = %name, "file event for a version already known; nothing to load");
-        return None;
+    let v = version.clone();
+    registry.publish(version, Arc::new(bytes), schema_plan);
+    let load_ms = v.detected_at.elapsed().as_millis() as u64;
+    if registry.candidate(&name).is_some_and(|c| c.hash == v.hash) {
+        tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
+            load_ms, "plugin reloaded as a canary")
+    } else {
+        tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
+            load_ms, "plugin reloaded; pipelines switch at their next batch")
     }
-    match registry.load_bytes(&path, bytes, detected_at) {
-        Ok(v) if registry.candidate(&name).is_some_and(|c| c.hash == v.hash) => {
-            tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
-                load_ms = detected_at.elapsed().as_millis() as u64, "plugin reloaded as a canary")
-        }
-        Ok(v) => tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
-            load_ms = detected_at.elapsed().as_millis() as u64, "plugin reloaded; pipelines switch at their next batch"),
-        Err(e) => {
-            tracing::error!(plugin = %name, file = %path.display(),
-                "plugin reload rejected, previous version keeps serving: {e}");
-            registry.reject(e.to_string());
-        }
-    }
-    None
+}
+
+fn rejected(registry: &Registry, name: &str, path: &std::path::Path, why: String) {
+    tracing::error!(plugin = %name, file = %path.display(),
+        "plugin reload rejected, previous version keeps serving: {why}");
+    registry.reject(why);
 }

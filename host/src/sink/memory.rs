@@ -4,7 +4,7 @@
 //! or outages on demand. Never used to run a pipeline.
 
 use super::{DeadLetterStore, Sink, SinkError, SinkTransaction, Transactional};
-use crate::model::{Offsets, Partition, Row};
+use crate::model::{Applied, Offsets, Partition, Plan, Row};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::schema::Output;
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,8 +103,13 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    async fn prepare(&self, _target: &str, _decl: &Output) -> Result<(), SinkError> {
-        Ok(())
+    /// Memory has no schema: nothing to change.
+    async fn plan(&self, target: &str, _decl: &Output) -> Result<Plan, SinkError> {
+        Ok(Plan::new(target))
+    }
+
+    async fn apply(&self, _plan: &Plan) -> Result<Vec<Applied>, SinkError> {
+        Ok(vec![])
     }
 
     async fn write(&self, target: &str, _decl: &Output, rows: &[Row]) -> Result<(), SinkError> {

@@ -9,7 +9,7 @@ mod mongodb;
 mod mysql;
 
 use crate::config::SinkConfig;
-use crate::model::{Offsets, Partition, Row};
+use crate::model::{Applied, Offsets, Partition, Plan, Row};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::schema::Output;
 use std::collections::BTreeMap;
@@ -27,6 +27,10 @@ pub enum SinkError {
     /// The database refused the data itself (constraint, type, size).
     #[error("write refused: {0}")]
     Refused(String),
+    /// The declaration cannot be applied to what exists without losing or
+    /// rewriting data: retrying would not help, a new declaration would.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 #[async_trait::async_trait]
@@ -34,9 +38,18 @@ pub trait Sink: DeadLetterStore + Send + Sync {
     /// Checks the database answers.
     async fn healthcheck(&self) -> Result<(), SinkError>;
 
-    /// Creates the table or collection `target` and the declared indexes,
-    /// if missing.
-    async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError>;
+    /// What `prepare` would change so that `target` matches `decl`, from
+    /// what exists now (see `model::migration`). Changes nothing.
+    async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError>;
+
+    /// Runs a plan without refusals, step by step.
+    async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError>;
+
+    /// Creates or migrates `target` (table or collection, with its
+    /// indexes) to match `decl`; `Incompatible` if that would lose data.
+    async fn prepare(&self, target: &str, decl: &Output) -> Result<Vec<Applied>, SinkError> {
+        migrate(self, target, decl).await
+    }
 
     /// Upserts `rows` into `target` on the declared key: each row replaces
     /// whatever the key held. Rows carry distinct keys (the router keeps
@@ -107,6 +120,34 @@ pub trait SinkTransaction: Send {
 
     /// Stores `next` as the group's offsets and commits.
     async fn commit(self: Box<Self>, next: &Offsets) -> Result<(), SinkError>;
+}
+
+/// Plans and applies; a plan with refusals is an `Incompatible` error that
+/// lists them. A step that fails because another host or pipeline made the
+/// same change first is fine: a new plan then has nothing left to do.
+pub async fn migrate<S: Sink + ?Sized>(
+    sink: &S,
+    target: &str,
+    decl: &Output,
+) -> Result<Vec<Applied>, SinkError> {
+    let plan = sink.plan(target, decl).await?;
+    if !plan.refusals.is_empty() {
+        return Err(SinkError::Incompatible(format!(
+            "{}: {}",
+            plan.target,
+            plan.refusals.join("; ")
+        )));
+    }
+    for note in &plan.notes {
+        tracing::info!(target, "schema: {note}");
+    }
+    match sink.apply(&plan).await {
+        Ok(applied) => Ok(applied),
+        Err(e) => match sink.plan(target, decl).await {
+            Ok(again) if again.is_empty() => Ok(vec![]),
+            _ => Err(e),
+        },
+    }
 }
 
 /// Every configured sink, by name.

@@ -10,29 +10,32 @@ struct Event {
     total: Number,
     created_at: String,
     status: Option<String>,
+    channel: Option<String>,
 }
 
 impl Transform for Orders {
     fn describe() -> Plugin {
-        Plugin::new(
-            "orders",
-            if cfg!(feature = "v2") {
-                "2.0.0"
-            } else {
-                "1.0.0"
-            },
-        )
-        .output(
-            Output::table("orders")
-                .field("order_id", Type::text(64))
-                .primary_key(["order_id"])
-                .field("customer", Type::text(128))
-                .index("by_customer", ["customer"])
-                .field("total", Type::decimal(12, 2))
-                .field("created_at", Type::Timestamp)
-                .optional("status", Type::text(32)),
-        )
-        .output(
+        let version = match () {
+            _ if cfg!(feature = "v2") => "2.0.0",
+            _ if cfg!(feature = "v3") => "3.0.0",
+            _ if cfg!(feature = "narrow") => "3.0.0-narrow",
+            _ => "1.0.0",
+        };
+        let customer = if cfg!(feature = "narrow") { 16 } else { 128 };
+        let mut orders = Output::table("orders")
+            .field("order_id", Type::text(64))
+            .primary_key(["order_id"])
+            .field("customer", Type::text(customer))
+            .index("by_customer", ["customer"])
+            .field("total", Type::decimal(12, 2))
+            .field("created_at", Type::Timestamp)
+            .optional("status", Type::text(32));
+        if cfg!(feature = "v3") {
+            orders = orders
+                .optional("channel", Type::text(32))
+                .index("by_channel", ["channel"]);
+        }
+        Plugin::new("orders", version).output(orders).output(
             Output::document("order_events")
                 .field("order_id", Type::text(64))
                 .primary_key(["order_id"])
@@ -55,11 +58,12 @@ impl Transform for Orders {
             }
         });
         let big_spender = event.total.as_f64().unwrap_or(0.0) >= 100.0;
-        out.emit(
-            "orders",
-            json!({ "order_id": order_id, "customer": event.customer,
-            "total": event.total, "created_at": event.created_at, "status": status }),
-        )?;
+        let mut order = json!({ "order_id": order_id, "customer": event.customer,
+            "total": event.total, "created_at": event.created_at, "status": status });
+        if cfg!(feature = "v3") {
+            order["channel"] = json!(event.channel.unwrap_or_else(|| "web".into()));
+        }
+        out.emit("orders", order)?;
         out.emit(
             "order_events",
             json!({ "order_id": order_id, "big_spender": big_spender,

@@ -3,9 +3,10 @@
 //! FerretDB both support.
 
 mod dead_letters;
+mod migrate;
 
 use super::{Sink, SinkError};
-use crate::model::Row;
+use crate::model::{Applied, Plan, Row};
 use mongodb::bson::{self, Bson, Document, doc};
 use sluice_plugin_sdk::schema::{Output, Type};
 
@@ -65,34 +66,58 @@ impl Sink for MongoSink {
         }
     }
 
-    async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
+    async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError> {
         let existing = self.db.list_collection_names().await.map_err(classify)?;
-        if !existing.iter().any(|c| c == target) {
-            match self.db.run_command(doc! { "create": target }).await {
+        let live = if existing.iter().any(|c| c == target) {
+            let reply = self.command(doc! { "listIndexes": target }).await?;
+            let batch = reply
+                .get_document("cursor")
+                .and_then(|c| c.get_array("firstBatch"))
+                .map_err(|e| SinkError::Unavailable(format!("MongoDB: listIndexes: {e}")))?;
+            Some(
+                batch
+                    .iter()
+                    .filter_map(Bson::as_document)
+                    .filter_map(migrate::live_index)
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(migrate::plan(target, decl, &live))
+    }
+
+    async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError> {
+        let mut applied = Vec::new();
+        for step in &plan.steps {
+            let started = std::time::Instant::now();
+            let command = migrate::command_of(&step.statement).ok_or_else(|| {
+                SinkError::Incompatible(format!("not a MongoDB command: {}", step.statement))
+            })?;
+            match self.db.run_command(command).await {
                 Ok(_) => {}
                 // Another instance created it first.
                 Err(e) if command_code(&e) == Some(NAMESPACE_EXISTS) => {}
+                // The server refused the change itself (a duplicate under
+                // a new unique index): retrying would not help.
+                Err(e) if command_code(&e).is_some() => {
+                    return Err(SinkError::Incompatible(format!(
+                        "collection '{}': {} failed: {e}",
+                        plan.target, step.what
+                    )));
+                }
                 Err(e) => return Err(classify(e)),
             }
+            let took_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(collection = %plan.target, took_ms, "schema change applied: {}", step.statement);
+            applied.push(Applied {
+                target: plan.target.clone(),
+                what: step.what.clone(),
+                statement: step.statement.clone(),
+                took_ms,
+            });
         }
-        if decl.indexes.is_empty() {
-            return Ok(());
-        }
-        let indexes: Vec<Document> = decl
-            .indexes
-            .iter()
-            .map(|i| {
-                let key: Document = i
-                    .fields
-                    .iter()
-                    .map(|f| (f.clone(), Bson::Int32(1)))
-                    .collect();
-                doc! { "key": key, "name": &i.name, "unique": i.unique }
-            })
-            .collect();
-        self.command(doc! { "createIndexes": target, "indexes": indexes })
-            .await
-            .map(drop)
+        Ok(applied)
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {

@@ -4,9 +4,10 @@
 mod collation;
 mod ddl;
 mod dead_letters;
+mod migrate;
 
 use super::{Sink, SinkError, SinkTransaction, Transactional};
-use crate::model::{Offsets, Partition, Row};
+use crate::model::{Applied, Offsets, Partition, Plan, Row};
 use serde_json::Value;
 use sluice_plugin_sdk::schema::{Output, Type};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -53,21 +54,30 @@ impl Sink for MysqlSink {
         Ok(())
     }
 
-    async fn prepare(&self, target: &str, decl: &Output) -> Result<(), SinkError> {
+    async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError> {
         let exact = self.exact_collation().await?;
-        sqlx::query(sqlx::AssertSqlSafe(ddl::create_table(target, decl, exact)))
-            .execute(&self.pool)
+        let live = migrate::inspect(&self.pool, target)
             .await
             .map_err(classify)?;
+        Ok(migrate::plan(target, decl, live.as_ref(), exact))
+    }
+
+    async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError> {
+        migrate::apply(&self.pool, plan).await
+    }
+
+    async fn prepare(&self, target: &str, decl: &Output) -> Result<Vec<Applied>, SinkError> {
+        let applied = super::migrate(self, target, decl).await?;
         // A table made before (by hand, or by an older sluice) may compare
         // its keys loosely: say so, once per prepare, with the fix.
+        let exact = self.exact_collation().await?;
         for report in collation::loose_key_columns(&self.pool, target, decl, exact)
             .await
             .map_err(classify)?
         {
             tracing::warn!(table = target, "{report}");
         }
-        Ok(())
+        Ok(applied)
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {

@@ -1,0 +1,153 @@
+//! The declaration against the live collection. Documents have no columns,
+//! so only the collection and its indexes can differ; an index whose fields
+//! changed is rebuilt (indexes hold no data of their own), an index no
+//! longer declared stays.
+
+use crate::model::migration::Plan;
+use mongodb::bson::{Bson, Document, doc};
+use sluice_plugin_sdk::schema::Output;
+use std::collections::BTreeMap;
+
+/// An index as `listIndexes` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveIndex {
+    pub fields: Vec<String>,
+    pub unique: bool,
+}
+
+/// Indexes by name; `None` if the collection does not exist.
+pub type LiveCollection = Option<BTreeMap<String, LiveIndex>>;
+
+/// Reads one `listIndexes` entry.
+pub fn live_index(entry: &Document) -> Option<(String, LiveIndex)> {
+    let name = entry.get_str("name").ok()?.to_string();
+    let fields = entry.get_document("key").ok()?.keys().cloned().collect();
+    let unique = entry.get_bool("unique").unwrap_or(false);
+    Some((name, LiveIndex { fields, unique }))
+}
+
+/// A step's statement is the command as relaxed extended JSON, so that
+/// `sluice schema plan` can print it and `apply` run it as planned.
+pub fn command_text(command: Document) -> String {
+    Bson::Document(command).into_relaxed_extjson().to_string()
+}
+
+pub fn command_of(text: &str) -> Option<Document> {
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    match Bson::try_from(json).ok()? {
+        Bson::Document(d) => Some(d),
+        _ => None,
+    }
+}
+
+pub fn plan(target: &str, decl: &Output, live: &LiveCollection) -> Plan {
+    let mut plan = Plan::new(target);
+    let empty = BTreeMap::new();
+    let indexes = match live {
+        Some(indexes) => indexes,
+        None => {
+            plan.step("create collection", command_text(doc! { "create": target }));
+            &empty
+        }
+    };
+    for index in &decl.indexes {
+        let wanted = LiveIndex {
+            fields: index.fields.clone(),
+            unique: index.unique,
+        };
+        let key: Document = index
+            .fields
+            .iter()
+            .map(|f| (f.clone(), Bson::Int32(1)))
+            .collect();
+        let create = doc! {
+            "createIndexes": target,
+            "indexes": [{ "key": key, "name": &index.name, "unique": index.unique }],
+        };
+        let fields = index.fields.join(", ");
+        match indexes.get(&index.name) {
+            Some(existing) if *existing == wanted => {}
+            Some(_) => {
+                plan.step(
+                    format!("drop index '{}' to rebuild it on ({fields})", index.name),
+                    command_text(doc! { "dropIndexes": target, "index": &index.name }),
+                );
+                plan.step(
+                    format!("rebuild index '{}' on ({fields})", index.name),
+                    command_text(create),
+                );
+            }
+            None => {
+                let unique = if index.unique { "unique " } else { "" };
+                plan.step(
+                    format!("add {unique}index '{}' on ({fields})", index.name),
+                    command_text(create),
+                );
+            }
+        }
+    }
+    for name in indexes.keys() {
+        if name != "_id_" && decl.indexes.iter().all(|i| &i.name != name) {
+            plan.note(format!("index '{name}' is no longer declared; it stays"));
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugin_sdk::schema::Type;
+
+    #[test]
+    fn indexes_are_added_rebuilt_or_kept() {
+        let decl = Output::document("events")
+            .field("a", Type::text(8))
+            .field("b", Type::text(8))
+            .index("by_a", ["a"])
+            .index("by_b", ["b", "a"]);
+        let live: LiveCollection = Some(BTreeMap::from([
+            (
+                "_id_".to_string(),
+                LiveIndex {
+                    fields: vec!["_id".into()],
+                    unique: true,
+                },
+            ),
+            (
+                "by_b".to_string(),
+                LiveIndex {
+                    fields: vec!["b".into()],
+                    unique: false,
+                },
+            ),
+            (
+                "old".to_string(),
+                LiveIndex {
+                    fields: vec!["a".into()],
+                    unique: false,
+                },
+            ),
+        ]));
+        let p = plan("events", &decl, &live);
+        let what: Vec<_> = p.steps.iter().map(|s| s.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "add index 'by_a' on (a)",
+                "drop index 'by_b' to rebuild it on (b, a)",
+                "rebuild index 'by_b' on (b, a)"
+            ]
+        );
+        assert_eq!(p.notes, ["index 'old' is no longer declared; it stays"]);
+        let command = command_of(&p.steps[0].statement).unwrap();
+        assert_eq!(command.get_str("createIndexes").unwrap(), "events");
+    }
+
+    #[test]
+    fn a_missing_collection_is_created_first() {
+        let decl = Output::document("events").field("a", Type::text(8));
+        let p = plan("events", &decl, &None);
+        assert_eq!(p.steps[0].statement, r#"{"create":"events"}"#);
+    }
+}
