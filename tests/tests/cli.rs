@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 18] = [
+    let commands: [&[&str]; 19] = [
         &["--help"],
         &["run", "--help"],
         &["validate", "--help"],
@@ -27,6 +27,7 @@ fn every_command_has_help() {
         &["dlq", "replay", "--help"],
         &["schema", "--help"],
         &["schema", "plan", "--help"],
+        &["schema", "explain", "--help"],
         &["schema", "history", "--help"],
     ];
     for args in commands {

@@ -9,6 +9,7 @@ use sluice::model::Row;
 use sluice::sink::{MongoSink, MysqlSink, Sink, SinkError};
 use sluice_plugin_sdk::schema::{Output, Type};
 use sluice_tests::*;
+use sqlx::Row as _;
 use std::time::{Duration, Instant};
 
 fn orders_v1() -> Output {
@@ -433,6 +434,26 @@ async fn hot_reload_adds_a_column_and_an_index_to_a_large_table_while_events_flo
     .await
     .unwrap();
     assert_eq!(index.len(), 1);
+
+    // The example's documented queries (docs/schema.md) use its indexes.
+    for (query, index) in [
+        (
+            format!("SELECT order_id, total, status FROM `{table}` WHERE customer = 'c-7'"),
+            "by_customer",
+        ),
+        (
+            format!("SELECT COUNT(*) FROM `{table}` WHERE channel = 'web'"),
+            "by_channel",
+        ),
+    ] {
+        let explained = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let key: Option<String> = explained.try_get("key").unwrap();
+        println!("EXPLAIN {query}: key {key:?}");
+        assert_eq!(key.as_deref(), Some(index), "{query}");
+    }
 }
 
 #[tokio::test]
@@ -479,6 +500,24 @@ async fn schema_plan_prints_the_statements_or_the_refusal_and_changes_nothing() 
         show_create(&pool, &table).await,
         before,
         "plan changes nothing"
+    );
+
+    let (ok, out, err) = sluice_cli(&["schema", "explain", "orders"], &config);
+    assert!(ok, "{err}");
+    println!("{out}");
+    for part in [
+        &format!("table `{table}`: about 0 rows, 5 columns"),
+        "primary key (order_id)",
+        "index by_customer (customer)",
+        "not partitioned",
+    ] {
+        assert!(out.contains(part), "expected '{part}' in:\n{out}");
+    }
+    let (ok, out, err) = sluice_cli(&["schema", "explain"], &config);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("not sharded (the server is not a sharded cluster)"),
+        "{out}"
     );
 
     let (ok, out, err) = sluice_cli(&["schema", "history"], &config);

@@ -1,5 +1,6 @@
 //! `sluice schema plan` (what a plugin file would change in the sinks, or
-//! why it would be refused) and `schema history` (what was changed, from
+//! why it would be refused), `schema explain` (what each output is now:
+//! keys, indexes, partitions) and `schema history` (what was changed, from
 //! the ledger).
 
 use super::short_time;
@@ -21,6 +22,14 @@ pub enum SchemaCommand {
         #[arg(short, long, env = "SLUICE_CONFIG")]
         config: PathBuf,
     },
+    /// Each output's table or collection as it is now: rows, primary key,
+    /// indexes, partitions or sharding. Reads the sinks; changes nothing.
+    Explain {
+        /// Only this output (the plugin's output name); all if omitted.
+        output: Option<String>,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Schema changes applied so far, newest first, with the plugin version
     /// that made each and how long it took (from the run ledger).
     History {
@@ -38,6 +47,9 @@ pub enum SchemaCommand {
 pub async fn schema(command: SchemaCommand) -> anyhow::Result<()> {
     match command {
         SchemaCommand::Plan { wasm, config } => plan(&wasm, &Config::load(&config)?).await,
+        SchemaCommand::Explain { output, config } => {
+            explain(output.as_deref(), &Config::load(&config)?).await
+        }
         SchemaCommand::History {
             config,
             limit,
@@ -101,6 +113,45 @@ async fn plan(wasm: &std::path::Path, config: &Config) -> anyhow::Result<()> {
     }
     let steps: usize = plans.iter().map(|p| p.plan.steps.len()).sum();
     println!("\n{steps} change(s) would run before the version's first batch");
+    Ok(())
+}
+
+async fn explain(only: Option<&str>, config: &Config) -> anyhow::Result<()> {
+    let registry = sluice::Host::load_plugins(config)?;
+    let sinks = sluice::sink::connect_all(&config.sinks).await?;
+    let mut shown = 0;
+    let mut result = Ok(());
+    for pipeline in &config.pipelines {
+        let version = registry.current(&pipeline.plugin).expect("loaded above");
+        let routes = sluice::router::Routes::resolve(config, pipeline, &version, &sinks)
+            .map_err(anyhow::Error::msg)?;
+        for route in routes.outputs.values() {
+            if only.is_some_and(|o| o != route.decl.name) {
+                continue;
+            }
+            shown += 1;
+            println!(
+                "pipeline '{}', output '{}' ({} {}) -> sink '{}'",
+                pipeline.name, route.decl.name, version.name, version.info.version, route.sink_name
+            );
+            match route.sink.describe(&route.target).await {
+                Ok(lines) => lines.iter().for_each(|l| println!("    {l}")),
+                Err(e) => {
+                    result = Err(anyhow::anyhow!("sink '{}': {e}", route.sink_name));
+                    break;
+                }
+            }
+        }
+    }
+    for sink in sinks.values() {
+        sink.close().await;
+    }
+    result?;
+    if shown == 0
+        && let Some(output) = only
+    {
+        anyhow::bail!("no pipeline writes an output named '{output}'");
+    }
     Ok(())
 }
 

@@ -108,6 +108,11 @@ impl Sink for MemorySink {
         Ok(Plan::new(target))
     }
 
+    async fn describe(&self, target: &str) -> Result<Vec<String>, SinkError> {
+        let rows = self.rows(target).len();
+        Ok(vec![format!("{target}: {rows} rows in memory")])
+    }
+
     async fn apply(&self, _plan: &Plan) -> Result<Vec<Applied>, SinkError> {
         Ok(vec![])
     }

@@ -42,6 +42,10 @@ pub trait Sink: DeadLetterStore + Send + Sync {
     /// what exists now (see `model::migration`). Changes nothing.
     async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError>;
 
+    /// What `target` is now, in lines for people: size, keys, indexes,
+    /// partitions or sharding (`sluice schema explain`).
+    async fn describe(&self, target: &str) -> Result<Vec<String>, SinkError>;
+
     /// Runs a plan without refusals, step by step.
     async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError>;
 

@@ -67,24 +67,38 @@ impl Sink for MongoSink {
     }
 
     async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError> {
-        let existing = self.db.list_collection_names().await.map_err(classify)?;
-        let live = if existing.iter().any(|c| c == target) {
-            let reply = self.command(doc! { "listIndexes": target }).await?;
-            let batch = reply
-                .get_document("cursor")
-                .and_then(|c| c.get_array("firstBatch"))
-                .map_err(|e| SinkError::Unavailable(format!("MongoDB: listIndexes: {e}")))?;
-            Some(
-                batch
-                    .iter()
-                    .filter_map(Bson::as_document)
-                    .filter_map(migrate::live_index)
-                    .collect(),
-            )
-        } else {
-            None
-        };
+        let live = self.live_indexes(target).await?;
         Ok(migrate::plan(target, decl, &live))
+    }
+
+    async fn describe(&self, target: &str) -> Result<Vec<String>, SinkError> {
+        let Some(indexes) = self.live_indexes(target).await? else {
+            return Ok(vec![format!("collection '{target}': does not exist yet")]);
+        };
+        let count = self.command(doc! { "count": target }).await?;
+        let documents = count
+            .get_i32("n")
+            .map(i64::from)
+            .or_else(|_| count.get_i64("n"));
+        let mut lines = vec![format!(
+            "collection '{target}': {} documents",
+            documents.unwrap_or(0)
+        )];
+        for (name, index) in &indexes {
+            let unique = if index.unique { "unique " } else { "" };
+            lines.push(format!(
+                "{unique}index {name} ({})",
+                index.fields.join(", ")
+            ));
+        }
+        // A sharded cluster answers `hello` through mongos ("isdbgrid").
+        let hello = self.command(doc! { "hello": 1 }).await?;
+        lines.push(if hello.get_str("msg") == Ok("isdbgrid") {
+            "the server is a sharded cluster".into()
+        } else {
+            "not sharded (the server is not a sharded cluster)".into()
+        });
+        Ok(lines)
     }
 
     async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError> {
@@ -141,6 +155,26 @@ impl Sink for MongoSink {
 }
 
 impl MongoSink {
+    /// The collection's indexes by name; `None` if it does not exist.
+    async fn live_indexes(&self, target: &str) -> Result<migrate::LiveCollection, SinkError> {
+        let existing = self.db.list_collection_names().await.map_err(classify)?;
+        if !existing.iter().any(|c| c == target) {
+            return Ok(None);
+        }
+        let reply = self.command(doc! { "listIndexes": target }).await?;
+        let batch = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .map_err(|e| SinkError::Unavailable(format!("MongoDB: listIndexes: {e}")))?;
+        Ok(Some(
+            batch
+                .iter()
+                .filter_map(Bson::as_document)
+                .filter_map(migrate::live_index)
+                .collect(),
+        ))
+    }
+
     /// Upserts by `_id`: insert everything, then replace the documents that
     /// already existed (a key seen in an earlier batch, or a replayed
     /// batch) by deleting and inserting those again. Insert-first keeps the

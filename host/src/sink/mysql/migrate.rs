@@ -94,6 +94,53 @@ pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>
     Ok(Some(table))
 }
 
+/// The table for people: rows (the server's estimate), primary key,
+/// indexes, partitions.
+pub async fn describe(pool: &MySqlPool, target: &str) -> Result<Vec<String>, sqlx::Error> {
+    let Some(live) = inspect(pool, target).await? else {
+        return Ok(vec![format!("table {}: does not exist yet", quote(target))]);
+    };
+    let (rows,): (Option<u64>,) = sqlx::query_as(
+        "SELECT TABLE_ROWS FROM information_schema.TABLES          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    )
+    .bind(target)
+    .fetch_one(pool)
+    .await?;
+    let mut lines = vec![
+        format!(
+            "table {}: about {} rows, {} columns",
+            quote(target),
+            rows.unwrap_or(0),
+            live.columns.len()
+        ),
+        format!("primary key ({})", live.primary_key.join(", ")),
+    ];
+    for (name, index) in &live.indexes {
+        let unique = if index.unique { "unique " } else { "" };
+        lines.push(format!(
+            "{unique}index {name} ({})",
+            index.columns.join(", ")
+        ));
+    }
+    let partitions: Vec<(String, String, Option<String>, Option<u64>)> = sqlx::query_as(
+        "SELECT PARTITION_NAME, PARTITION_METHOD, PARTITION_DESCRIPTION, TABLE_ROWS          FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?          AND PARTITION_NAME IS NOT NULL ORDER BY PARTITION_ORDINAL_POSITION",
+    )
+    .bind(target)
+    .fetch_all(pool)
+    .await?;
+    if partitions.is_empty() {
+        lines.push("not partitioned".into());
+    }
+    for (name, method, bound, rows) in partitions {
+        let bound = bound.map_or(String::new(), |b| format!(" < {b}"));
+        lines.push(format!(
+            "partition {name} ({method}{bound}): about {} rows",
+            rows.unwrap_or(0)
+        ));
+    }
+    Ok(lines)
+}
+
 /// Column types as far as compatibility goes. JSON is LONGTEXT on MariaDB,
 /// so both read as `LongText`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

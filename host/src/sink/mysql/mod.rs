@@ -66,6 +66,12 @@ impl Sink for MysqlSink {
         migrate::apply(&self.pool, plan).await
     }
 
+    async fn describe(&self, target: &str) -> Result<Vec<String>, SinkError> {
+        migrate::describe(&self.pool, target)
+            .await
+            .map_err(classify)
+    }
+
     async fn prepare(&self, target: &str, decl: &Output) -> Result<Vec<Applied>, SinkError> {
         let applied = super::migrate(self, target, decl).await?;
         // A table made before (by hand, or by an older sluice) may compare
