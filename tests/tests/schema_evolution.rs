@@ -29,6 +29,7 @@ fn order(id: &str, decl: &Output) -> Row {
             Type::Text(_) => json!(format!("{}-{id}", &f.name[..1])),
             Type::Decimal { .. } => json!("12.50"),
             Type::Integer => json!(7),
+            Type::Timestamp => json!("2024-05-01T10:00:00.000000Z"),
             _ => json!(null),
         };
         fields.insert(f.name.clone(), value);
@@ -612,4 +613,42 @@ async fn a_canary_shows_its_schema_plan_and_applies_it_only_when_promoted() {
     .unwrap();
     assert!(v3_rows >= 100, "v3 serves after promotion: {v3_rows}");
     assert_eq!(count_rows(&pool, &table).await, (400, 400));
+}
+
+#[tokio::test]
+async fn a_host_whose_plugin_the_table_cannot_take_does_not_start_and_says_why() {
+    let (topic, table, collection) = (unique("refuse"), unique("orders"), unique("events"));
+    let pipeline = unique("refuse");
+    // The table exists as v1 made it, with a row.
+    let sink = MysqlSink::connect(&mysql_url(), 2).unwrap();
+    let v1 = Output::table("orders")
+        .field("order_id", Type::text(64))
+        .primary_key(["order_id"])
+        .field("customer", Type::text(128))
+        .field("total", Type::decimal(12, 2))
+        .field("created_at", Type::Timestamp)
+        .optional("status", Type::text(32));
+    sink.prepare(&table, &v1).await.unwrap();
+    sink.write(&table, &v1, &[order("old-1", &v1)])
+        .await
+        .unwrap();
+    let pool = mysql().await;
+    let before = show_create(&pool, &table).await;
+
+    let dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("narrow")))]);
+    let toml = orders_config(&dir, &pipeline, &topic, &table, &collection);
+    let config = sluice::config::Config::parse(&toml, &dir.join("sluice.toml")).unwrap();
+    let error = match sluice::Host::start(config).await {
+        Ok(_) => panic!("the host started with a plugin its table cannot take"),
+        Err(e) => format!("{e:#}"),
+    };
+    for part in [
+        &format!("pipeline '{pipeline}'"),
+        "orders.wasm (orders 3.0.0-narrow)",
+        "output 'orders' (sink 'mysql')",
+        "field 'customer': the column is varchar(128) and the new declaration says text(16)",
+    ] {
+        assert!(error.contains(part), "expected '{part}' in: {error}");
+    }
+    assert_eq!(show_create(&pool, &table).await, before);
 }
