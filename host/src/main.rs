@@ -194,8 +194,8 @@ async fn run(path: PathBuf, until_drained: bool) -> anyhow::Result<()> {
     for (name, s) in stats {
         let s = s.snapshot();
         println!(
-            "pipeline '{name}': {} records in, {} rows/documents written, {} dead letters, {} batches",
-            s.records_in, s.rows_written, s.dead_letters, s.batches
+            "pipeline '{name}': {} records in, {} rows/documents written, {} deleted, {} dead letters, {} batches",
+            s.records_in, s.rows_written, s.deletes, s.dead_letters, s.batches
         );
     }
     Ok(())

@@ -31,7 +31,7 @@ fn a_result_from_an_unversioned_sdk_asks_for_a_rebuild() {
         format!(
             "plugin encoded the result with ABI version 0 (unversioned), host expects ABI \
              version {v}: rebuild the plugin with the sluice-plugin-sdk for ABI version {v}",
-            v = abi::VERSION
+            v = abi::RESULT_VERSION
         )
     );
 }

@@ -11,15 +11,17 @@
 //! record  := str topic, i32 partition, i64 offset, i64 timestamp_ms (i64::MIN = none),
 //!            bytes? key, bytes? value, u32 header_count, (str name, bytes? value)*
 //! result  := "SLR" u8 version, u32 count, output*, u32 count, error*
-//! output  := u32 source_index, str output_name, bytes json_value
+//! output  := u32 source_index, u8 op (0 upsert, 1 delete), str output_name, bytes json_value
+//!            (version 1 results have no `op`: every output is an upsert)
 //! error   := u32 source_index, str reason
 //! str     := u32 len, utf-8 bytes
 //! bytes   := u32 len, bytes
 //! bytes?  := u32 len (u32::MAX = absent), bytes
 //! ```
 //!
-//! `version` is [`VERSION`]; a decoder accepts only its own version and
-//! reports any other, naming both (see [`DecodeError`]).
+//! Batches are version [`BATCH_VERSION`], results [`RESULT_VERSION`]; a
+//! host also reads results of version 1 (plugins built before deletes),
+//! and any other version is reported naming both (see [`DecodeError`]).
 
 use std::fmt;
 
@@ -76,9 +78,22 @@ impl fmt::Debug for Headers<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRecord {
     pub source: u32,
+    pub op: Op,
     pub output: String,
-    /// A JSON object, UTF-8.
+    /// A JSON object, UTF-8: the row to upsert, or for a delete the
+    /// declared key (an object of the key fields, or the value of a
+    /// one-field key).
     pub value: Vec<u8>,
+}
+
+/// What an output does to its key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Op {
+    /// Insert, or replace what the key holds.
+    #[default]
+    Upsert,
+    /// Remove what the key holds (nothing if it holds nothing).
+    Delete,
 }
 
 /// A record the plugin rejected, and why.
@@ -95,16 +110,23 @@ pub struct BatchResult {
     pub errors: Vec<RecordError>,
 }
 
-/// The version of the packed encoding, both directions, that this SDK
-/// writes and reads. Bumped on any change to the bytes; a decoder accepts
-/// only its own version.
-pub const VERSION: u8 = 1;
+/// The version of the packed batch (host to plugin) this SDK writes and
+/// reads. Bumped on any change to its bytes.
+pub const BATCH_VERSION: u8 = 1;
 
-/// The first four bytes of a packed batch: magic `SLB`, then [`VERSION`].
-pub const BATCH_HEADER: [u8; 4] = [b'S', b'L', b'B', VERSION];
+/// The version of the packed result (plugin to host) this SDK writes.
+/// Version 2 added deletes (an `op` byte per output).
+pub const RESULT_VERSION: u8 = 2;
 
-/// The first four bytes of a packed result: magic `SLR`, then [`VERSION`].
-pub const RESULT_HEADER: [u8; 4] = [b'S', b'L', b'R', VERSION];
+/// The oldest result version a host still reads: plugins built before a
+/// change keep working.
+pub const OLDEST_RESULT_VERSION: u8 = 1;
+
+/// The first four bytes of a packed batch: magic `SLB`, then [`BATCH_VERSION`].
+pub const BATCH_HEADER: [u8; 4] = [b'S', b'L', b'B', BATCH_VERSION];
+
+/// The first four bytes of a packed result: magic `SLR`, then [`RESULT_VERSION`].
+pub const RESULT_HEADER: [u8; 4] = [b'S', b'L', b'R', RESULT_VERSION];
 
 /// Which of the two encodings a buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +151,22 @@ impl Encoding {
             Encoding::Result => RESULT_HEADER,
         }
     }
+
+    /// The version this SDK writes.
+    pub fn version(self) -> u8 {
+        match self {
+            Encoding::Batch => BATCH_VERSION,
+            Encoding::Result => RESULT_VERSION,
+        }
+    }
+
+    /// The versions a reader of this encoding accepts.
+    fn readable(self) -> std::ops::RangeInclusive<u8> {
+        match self {
+            Encoding::Batch => BATCH_VERSION..=BATCH_VERSION,
+            Encoding::Result => OLDEST_RESULT_VERSION..=RESULT_VERSION,
+        }
+    }
 }
 
 /// What is wrong with a buffer.
@@ -143,11 +181,13 @@ pub enum Problem {
     InvalidUtf8,
     /// A count is larger than the rest of the buffer could possibly hold.
     CountExceedsBuffer,
+    /// An output's `op` byte is neither 0 (upsert) nor 1 (delete).
+    UnknownOp,
     /// The buffer is the other encoding: a result where a batch was
     /// expected, or a batch where a result was.
     WrongEncoding,
-    /// The header carries this version instead of [`VERSION`]; 0 when there
-    /// is no header at all (an encoder from before the encoding had a
+    /// The header carries this version, which the reader does not read; 0
+    /// when there is no header at all (an encoder from before the encoding had a
     /// version, or not a packed buffer).
     Version(u8),
 }
@@ -168,6 +208,7 @@ impl fmt::Display for DecodeError {
             Problem::TrailingBytes => "trailing bytes",
             Problem::InvalidUtf8 => "string is not UTF-8",
             Problem::CountExceedsBuffer => "count exceeds buffer",
+            Problem::UnknownOp => "unknown output op",
             Problem::WrongEncoding => match self.encoding {
                 Encoding::Batch => "it is a packed result, not a batch",
                 Encoding::Result => "it is a packed batch, not a result",
@@ -181,9 +222,10 @@ impl DecodeError {
     /// Batches go host to plugin, results plugin to host: name the side
     /// that is behind and what to rebuild.
     fn version_mismatch(&self, f: &mut fmt::Formatter<'_>, found: u8) -> fmt::Result {
+        let ours = self.encoding.version();
         let (sender, reader, host, plugin) = match self.encoding {
-            Encoding::Batch => ("host", "plugin's SDK", found, VERSION),
-            Encoding::Result => ("plugin", "host", VERSION, found),
+            Encoding::Batch => ("host", "plugin's SDK", found, ours),
+            Encoding::Result => ("plugin", "host", ours, found),
         };
         let version = |v: u8| {
             if v == 0 {
@@ -196,7 +238,7 @@ impl DecodeError {
             f,
             "{sender} encoded the {what} with ABI {}, {reader} expects ABI {}: ",
             version(found),
-            version(VERSION),
+            version(ours),
             what = self.encoding.name(),
         )?;
         if plugin < host {
@@ -221,18 +263,20 @@ const ABSENT: u32 = u32::MAX;
 const NO_TIMESTAMP: i64 = i64::MIN;
 /// Smallest encodings, to refuse absurd counts before allocating: a record
 /// is 4 + 4 + 8 + 8 + 4 + 4 + 4 bytes with everything empty, a header
-/// 4 + 4, an output 4 + 4 + 4, an error 4 + 4.
+/// 4 + 4, an output 4 + 4 + 4 (and the op byte from version 2), an error
+/// 4 + 4.
 const MIN_RECORD: usize = 36;
 const MIN_HEADER: usize = 8;
 const MIN_OUTPUT: usize = 12;
 const MIN_ERROR: usize = 8;
 
 /// The output count of a packed result, read without decoding it (the host
-/// checks its limits first). `None` unless the buffer starts with
-/// [`RESULT_HEADER`] and holds a count; [`decode_result`] then says what is
-/// wrong.
+/// checks its limits first). `None` unless the buffer starts with a result
+/// header of a version the host reads and holds a count; [`decode_result`]
+/// then says what is wrong.
 pub fn result_output_count(buf: &[u8]) -> Option<u32> {
-    if buf.get(..4)? != RESULT_HEADER {
+    let header = buf.get(..4)?;
+    if header[..3] != RESULT_HEADER[..3] || !Encoding::Result.readable().contains(&header[3]) {
         return None;
     }
     Some(u32::from_le_bytes(buf.get(4..8)?.try_into().unwrap()))
@@ -371,6 +415,10 @@ pub fn encode_result(result: &BatchResult) -> Vec<u8> {
     b.extend_from_slice(&(result.outputs.len() as u32).to_le_bytes());
     for o in &result.outputs {
         b.extend_from_slice(&o.source.to_le_bytes());
+        b.push(match o.op {
+            Op::Upsert => 0,
+            Op::Delete => 1,
+        });
         put_str(&mut b, &o.output);
         put_bytes(&mut b, &o.value);
     }
@@ -392,15 +440,24 @@ pub fn decode_result(buf: &[u8]) -> Result<BatchResult, DecodeError> {
 
 fn result(buf: &[u8]) -> Result<BatchResult, Problem> {
     let mut r = Reader { buf };
-    r.header(Encoding::Result)?;
+    let version = r.header(Encoding::Result)?;
     let n = r.count(MIN_OUTPUT)?;
     let mut outputs = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let source = r.u32()?;
+        let op = match version {
+            1 => Op::Upsert,
+            _ => match r.take(1)?[0] {
+                0 => Op::Upsert,
+                1 => Op::Delete,
+                _ => return Err(Problem::UnknownOp),
+            },
+        };
         let output = r.str()?.to_owned();
         let value = r.bytes()?.to_vec();
         outputs.push(OutputRecord {
             source,
+            op,
             output,
             value,
         });
@@ -446,12 +503,12 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    /// The four header bytes: magic, kind, version.
-    fn header(&mut self, encoding: Encoding) -> Result<(), Problem> {
+    /// The four header bytes: magic, kind, version; the version.
+    fn header(&mut self, encoding: Encoding) -> Result<u8, Problem> {
         let expected = encoding.header();
         let found = self.take(4)?;
-        if found == expected {
-            return Ok(());
+        if found[..3] == expected[..3] && encoding.readable().contains(&found[3]) {
+            return Ok(found[3]);
         }
         let other = match encoding {
             Encoding::Batch => RESULT_HEADER,
@@ -574,6 +631,7 @@ mod tests {
         let res = BatchResult {
             outputs: vec![OutputRecord {
                 source: 0,
+                op: Op::Upsert,
                 output: "orders".into(),
                 value: b"{}".to_vec(),
             }],
@@ -596,31 +654,31 @@ mod tests {
     #[test]
     fn buffers_start_with_their_header() {
         assert_eq!(&sample()[..4], b"SLB\x01");
-        assert_eq!(&encode_result(&BatchResult::default())[..4], b"SLR\x01");
-        assert_eq!(BATCH_HEADER[3], VERSION);
-        assert_eq!(RESULT_HEADER[3], VERSION);
+        assert_eq!(&encode_result(&BatchResult::default())[..4], b"SLR\x02");
+        assert_eq!(BATCH_HEADER[3], BATCH_VERSION);
+        assert_eq!(RESULT_HEADER[3], RESULT_VERSION);
     }
 
     #[test]
     fn other_versions_are_named_with_both_numbers() {
         let mut batch = sample();
-        batch[3] = VERSION + 1;
+        batch[3] = BATCH_VERSION + 1;
         let (p, msg) = problem(decode_batch(&batch));
-        assert_eq!(p, Problem::Version(VERSION + 1));
+        assert_eq!(p, Problem::Version(BATCH_VERSION + 1));
         assert_eq!(
             msg,
             format!(
                 "host encoded the batch with ABI version {}, plugin's SDK expects ABI version \
-                 {VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI version {}",
-                VERSION + 1,
-                VERSION + 1
+                 {BATCH_VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI version {}",
+                BATCH_VERSION + 1,
+                BATCH_VERSION + 1
             )
         );
 
         let mut result = encode_result(&BatchResult::default());
-        result[3] = VERSION + 1;
+        result[3] = RESULT_VERSION + 1;
         let (p, msg) = problem(decode_result(&result));
-        assert_eq!(p, Problem::Version(VERSION + 1));
+        assert_eq!(p, Problem::Version(RESULT_VERSION + 1));
         assert!(msg.contains("upgrade the host"), "{msg}");
         assert_eq!(result_output_count(&result), None);
     }
@@ -634,11 +692,43 @@ mod tests {
             msg,
             format!(
                 "plugin encoded the result with ABI version 0 (unversioned), host expects ABI \
-                 version {VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI \
-                 version {VERSION}"
+                 version {RESULT_VERSION}: rebuild the plugin with the sluice-plugin-sdk for ABI \
+                 version {RESULT_VERSION}"
             )
         );
         assert_eq!(problem(decode_batch(&[0; 8])).0, Problem::Version(0));
+    }
+
+    #[test]
+    fn deletes_travel_with_their_op_and_version_1_results_are_still_read() {
+        let result = BatchResult {
+            outputs: vec![
+                OutputRecord {
+                    source: 0,
+                    op: Op::Upsert,
+                    output: "orders".into(),
+                    value: br#"{"id":"a"}"#.to_vec(),
+                },
+                OutputRecord {
+                    source: 1,
+                    op: Op::Delete,
+                    output: "orders".into(),
+                    value: br#""a""#.to_vec(),
+                },
+            ],
+            errors: vec![],
+        };
+        let packed = encode_result(&result);
+        assert_eq!(decode_result(&packed).unwrap(), result);
+        // The same upsert as a version 1 plugin writes it: no op byte.
+        let mut v1 = b"SLR\x01\x01\0\0\0\0\0\0\0".to_vec();
+        v1.extend_from_slice(b"\x06\0\0\0orders\x0a\0\0\0{\"id\":\"a\"}\0\0\0\0");
+        let old = decode_result(&v1).unwrap();
+        assert_eq!(old.outputs, result.outputs[..1]);
+        assert_eq!(result_output_count(&v1), Some(1));
+        let mut bad = packed.clone();
+        bad[12] = 7;
+        assert_eq!(problem(decode_result(&bad)).0, Problem::UnknownOp);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub mod guest;
 pub use abi::Record;
 pub use schema::{Output, OutputKind, Plugin, Type};
 
-use abi::{BatchResult, OutputRecord, RecordError};
+use abi::{BatchResult, Op, OutputRecord, RecordError};
 use std::fmt;
 
 pub mod prelude {
@@ -88,13 +88,26 @@ impl Emitter<'_> {
     /// Emits `value` (anything serde can serialise to a JSON object) on the
     /// declared output `output`.
     pub fn emit(&mut self, output: &str, value: impl serde::Serialize) -> Result<(), Error> {
-        let value = serde_json::to_vec(&value)?;
+        self.push(Op::Upsert, output, serde_json::to_vec(&value)?);
+        Ok(())
+    }
+
+    /// Deletes what the key holds on the declared output `output` (a row,
+    /// or a document): `key` is the value of a one-field primary key, or
+    /// an object of the key fields. Deleting a key that holds nothing is
+    /// not an error; in one batch, the last upsert or delete of a key wins.
+    pub fn delete(&mut self, output: &str, key: impl serde::Serialize) -> Result<(), Error> {
+        self.push(Op::Delete, output, serde_json::to_vec(&key)?);
+        Ok(())
+    }
+
+    fn push(&mut self, op: Op, output: &str, value: Vec<u8>) {
         self.outputs.push(OutputRecord {
             source: self.source,
+            op,
             output: output.into(),
             value,
         });
-        Ok(())
     }
 }
 

@@ -297,6 +297,45 @@ impl Output {
         Ok(())
     }
 
+    /// Checks the key of a delete and normalises it like `check_value`:
+    /// an object holding every primary-key field (other fields are
+    /// ignored), or, for a one-field key, its bare value. Returns the key
+    /// fields.
+    pub fn check_key(&self, key: Value) -> Result<Map<String, Value>, String> {
+        if self.primary_key.is_empty() {
+            return Err(format!(
+                "output '{}' declares no primary key, so nothing can be deleted from it",
+                self.name
+            ));
+        }
+        let mut given = match key {
+            Value::Object(map) => map,
+            bare => match self.primary_key.as_slice() {
+                [single] => Map::from_iter([(single.clone(), bare)]),
+                _ => {
+                    return Err(format!(
+                        "the key of a delete from '{}' must be an object with {}",
+                        self.name,
+                        self.primary_key.join(", ")
+                    ));
+                }
+            },
+        };
+        let mut fields = Map::new();
+        for name in &self.primary_key {
+            let field = self.get_field(name).expect("validated: keys are fields");
+            let mut v = match given.remove(name) {
+                None | Some(Value::Null) => {
+                    return Err(format!("the key of a delete has no '{name}'"));
+                }
+                Some(v) => v,
+            };
+            check_field(field, &mut v).map_err(|e| format!("key field '{name}': {e}"))?;
+            fields.insert(name.clone(), v);
+        }
+        Ok(fields)
+    }
+
     /// Drops no data; fills absent optional fields with null (tables need every column).
     pub fn fill_nulls(&self, map: &mut Map<String, Value>) {
         for f in &self.fields {

@@ -31,6 +31,15 @@ impl TestRecord {
         Self::value(value.to_string())
     }
 
+    /// A record with a key and no value: Kafka's delete marker.
+    pub fn tombstone(key: impl Into<Vec<u8>>) -> Self {
+        TestRecord {
+            topic: "test".into(),
+            key: Some(key.into()),
+            ..Default::default()
+        }
+    }
+
     pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
         self.key = Some(key.into());
         self
@@ -49,6 +58,9 @@ pub struct TestOutput {
     pub outputs: Vec<(String, Value, usize)>,
     /// (source record index, reason) for rejected records.
     pub rejected: Vec<(usize, String)>,
+    /// (output name, normalised key fields, source record index) of deletes,
+    /// in emit order.
+    pub deletes: Vec<(String, Value, usize)>,
 }
 
 impl TestOutput {
@@ -94,6 +106,14 @@ pub fn run<T: Transform>(records: &[TestRecord]) -> TestOutput {
             .get_output(&o.output)
             .unwrap_or_else(|| panic!("output '{}' is not declared", o.output));
         let mut value: Value = serde_json::from_slice(&o.value).expect("output is JSON");
+        if o.op == abi::Op::Delete {
+            let key = decl.check_key(value).unwrap_or_else(|e| {
+                panic!("delete on '{}' from record {}: {e}", o.output, o.source)
+            });
+            out.deletes
+                .push((o.output, Value::Object(key), o.source as usize));
+            continue;
+        }
         if let Err(e) = decl.check_value(&mut value) {
             panic!(
                 "output '{}' from record {} breaks its schema: {e}",

@@ -64,7 +64,10 @@ fn the_vectors_cover_the_required_cases() {
         "bad-result-truncated",
         "bad-result-trailing-bytes",
         "bad-result-version-0",
-        "bad-result-version-2",
+        "bad-result-version-3",
+        "result-deletes",
+        "result-v1-outputs-and-errors",
+        "bad-result-unknown-op",
         "bad-result-reason-not-utf8",
     ] {
         assert!(names.iter().any(|n| n == required), "missing {required}");

@@ -198,13 +198,16 @@ pub async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, 
 pub async fn produce_at(
     producer: &FutureProducer,
     topic: &str,
-    events: &[(String, String)],
+    events: &[(String, Option<String>)],
 ) -> Vec<(i32, i64)> {
     let sends = events.iter().map(|(k, v)| {
-        producer.send(
-            FutureRecord::to(topic).key(k).payload(v),
-            Duration::from_secs(30),
-        )
+        // No value: a tombstone.
+        let record = FutureRecord::<String, String>::to(topic).key(k);
+        let record = match v {
+            Some(v) => record.payload(v),
+            None => record,
+        };
+        producer.send(record, Duration::from_secs(30))
     });
     futures::future::join_all(sends)
         .await

@@ -1,13 +1,16 @@
 //! Last write wins: for each key, the version from the last valid record
 //! (by partition offset) is what both sinks hold, whatever the number of
-//! versions in a batch or across batches, after replays and after kills.
+//! versions in a batch or across batches, after replays and after kills;
+//! a delete (an `op: delete` event or a tombstone) is a version too: the
+//! key holds nothing until a later record writes it again.
 //!
 //! Hand-picked cases first (an order's lifecycle in one batch, ten
 //! versions of a key, an existing key updated twice, keys that differ only
 //! by a trailing space, case or Unicode form). Then random streams checked
 //! against an independent model, row by row: seeded (the seed is printed;
 //! `SLUICE_MODEL_SEED` replays a stream), over a small key space with hot
-//! keys, valid and invalid events interleaved, random batch sizes and
+//! keys, valid and invalid events, deletes and tombstones interleaved
+//! (several operations per key, often in one batch), random batch sizes and
 //! production bursts, through the `sluice` binary into the real MariaDB
 //! and FerretDB, with the two offset stores side by side (a pipeline with
 //! offsets in Kafka writing MariaDB + FerretDB, one with `offsets =
@@ -203,6 +206,10 @@ async fn a_table_whose_keys_compare_loosely_is_reported_with_the_statement_that_
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Valid,
+    /// `{"id": key, "op": "delete"}`: the order and its document go.
+    Delete,
+    /// No value (Kafka's delete marker) under the order's key: the same.
+    Tombstone,
     /// The plugin rejects it: a dead letter, stage `plugin`.
     NotJson,
     NoId,
@@ -217,7 +224,8 @@ struct Event {
     seq: usize,
     key: String,
     kind: Kind,
-    value: String,
+    /// `None`: a tombstone.
+    value: Option<String>,
     /// What the orders table and the events would hold for it.
     status: String,
     cents: u64,
@@ -232,7 +240,9 @@ impl Event {
             dice.pick(keys).clone()
         };
         let kind = match dice.below(100) {
-            0..80 => Kind::Valid,
+            0..68 => Kind::Valid,
+            68..74 => Kind::Delete,
+            74..80 => Kind::Tombstone,
             80..84 => Kind::NotJson,
             84..88 => Kind::NoId,
             88..92 => Kind::BadTime,
@@ -248,15 +258,17 @@ impl Event {
             "total": cents as f64 / 100.0, "created_at": "2024-05-01T10:00:00Z",
             "status": status, "seq": seq});
         match kind {
-            Kind::Valid | Kind::LongStatus => {}
+            Kind::Valid | Kind::LongStatus | Kind::Tombstone => {}
+            Kind::Delete => value = json!({"id": key, "op": "delete", "seq": seq}),
             Kind::NotJson => value = json!(format!("{{not json {seq}")),
             Kind::NoId => value["id"] = Value::Null,
             Kind::BadTime => value["created_at"] = json!("soon"),
             Kind::BadTotal => value["total"] = json!(1.234),
         }
         let value = match value {
-            Value::String(text) => text,
-            other => other.to_string(),
+            _ if kind == Kind::Tombstone => None,
+            Value::String(text) => Some(text),
+            other => Some(other.to_string()),
         };
         Event {
             seq,
@@ -265,6 +277,22 @@ impl Event {
             value,
             status,
             cents,
+        }
+    }
+
+    /// A delete or tombstone of `key`.
+    fn closing(seq: usize, key: &str, kind: Kind) -> Event {
+        let value = match kind {
+            Kind::Delete => Some(json!({"id": key, "op": "delete", "seq": seq}).to_string()),
+            _ => None,
+        };
+        Event {
+            seq,
+            key: key.to_string(),
+            kind,
+            value,
+            status: String::new(),
+            cents: 0,
         }
     }
 
@@ -299,6 +327,11 @@ impl Model {
             };
             let customer = format!("c-{}", e.seq % 7);
             match e.kind {
+                Kind::Delete | Kind::Tombstone => {
+                    model.rows.remove(&e.key);
+                    model.documents.remove(&e.key);
+                    continue;
+                }
                 Kind::NotJson | Kind::NoId => {
                     model.dead_letters.insert(letter("", "plugin"));
                     continue;
@@ -422,9 +455,18 @@ async fn run_stream(seed: u64, events: usize, kills: usize) -> Outcome {
     let mut keys: Vec<String> = (0..2 + dice.below(20)).map(|i| format!("o-{i}")).collect();
     keys.extend(LOOKALIKE_KEYS.iter().map(|k| k.to_string()));
     let batch = *dice.pick(&[3, 10, 50, 200, 1000]);
-    let stream: Vec<Event> = (0..events)
+    let mut stream: Vec<Event> = (0..events)
         .map(|seq| Event::generate(&mut dice, seq, &keys))
         .collect();
+    // The stream ends by deleting about half the keys (at least one), so
+    // that what the sinks hold at the end depends on deletes being done.
+    for (i, key) in keys.iter().enumerate() {
+        if i == 0 || dice.chance(0.5) {
+            let kind = *dice.pick(&[Kind::Delete, Kind::Tombstone]);
+            stream.push(Event::closing(stream.len(), key, kind));
+        }
+    }
+    let events = stream.len();
 
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
     let topic = unique("model");
@@ -448,7 +490,7 @@ async fn run_stream(seed: u64, events: usize, kills: usize) -> Outcome {
     let (producer, mut at, mut produced, mut killed) = (producer(), Vec::new(), 0, 0);
     while produced < events {
         let chunk = (1 + dice.below(200)).min(events - produced);
-        let sent: Vec<(String, String)> = stream[produced..produced + chunk]
+        let sent: Vec<(String, Option<String>)> = stream[produced..produced + chunk]
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect();
@@ -526,8 +568,10 @@ async fn run_stream(seed: u64, events: usize, kills: usize) -> Outcome {
         println!("  last retry in the host's log: {line}");
     }
     let summary = format!(
-        "seed {seed}: {events} events ({} valid) over {} keys, batch {batch}, {killed} kills, {} interrupted runs with records; model: {} rows, {} documents, {} dead letters; {} mismatches; {:.1?}",
+        "seed {seed}: {events} events ({} valid, {} deletes, {} tombstones) over {} keys, batch {batch}, {killed} kills, {} interrupted runs with records; model: {} rows, {} documents, {} dead letters; {} mismatches; {:.1?}",
         stream.iter().filter(|e| e.kind == Kind::Valid).count(),
+        stream.iter().filter(|e| e.kind == Kind::Delete).count(),
+        stream.iter().filter(|e| e.kind == Kind::Tombstone).count(),
         keys.len(),
         interrupted,
         model.rows.len(),

@@ -35,10 +35,7 @@ fn order(id: &str, decl: &Output) -> Row {
         fields.insert(f.name.clone(), value);
     }
     fields.insert("order_id".into(), json!(id));
-    Row {
-        id: json!(id),
-        fields,
-    }
+    Row::upsert(json!(id), fields)
 }
 
 async fn show_create(pool: &sqlx::MySqlPool, table: &str) -> String {

@@ -69,16 +69,13 @@ mod tests {
             let Value::Object(fields) = fields.clone() else {
                 panic!()
             };
-            r.rows.entry("orders".into()).or_default().push(Row {
-                id: json!(id),
-                fields,
-            });
+            r.rows
+                .entry("orders".into())
+                .or_default()
+                .push(Row::upsert(json!(id), fields));
         }
         r.dead_letters = (0..dead)
-            .map(|i| Row {
-                id: json!(i),
-                fields: Default::default(),
-            })
+            .map(|i| Row::upsert(json!(i), Default::default()))
             .collect();
         r
     }

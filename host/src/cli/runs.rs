@@ -113,12 +113,11 @@ fn short_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// `orders=120 order_events=120`, and deletes: `orders-=3`.
 fn outputs(run: &Run) -> String {
-    let parts: Vec<String> = run
-        .outputs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let written = run.outputs.iter().map(|(k, v)| format!("{k}={v}"));
+    let deleted = run.deletes.iter().map(|(k, v)| format!("{k}-={v}"));
+    let parts: Vec<String> = written.chain(deleted).collect();
     if parts.is_empty() {
         "-".into()
     } else {
@@ -164,7 +163,7 @@ fn print_run(run: &Run) {
         }
     );
     println!("  records in:    {}", run.records_in);
-    println!("  outputs:       {}", outputs(run));
+    println!("  outputs:       {} (NAME-=N: keys deleted)", outputs(run));
     println!("  dead letters:  {}", run.dead_letters);
     println!(
         "  plugin:        {} {}",

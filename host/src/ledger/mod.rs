@@ -95,6 +95,9 @@ pub struct Run {
     pub dead_letters: u64,
     /// Rows or documents written per declared output.
     pub outputs: BTreeMap<String, u64>,
+    /// Keys deleted per declared output.
+    #[serde(default)]
+    pub deletes: BTreeMap<String, u64>,
     /// Offsets processed, per partition: `[from, to)`.
     pub offsets: Vec<PartitionRange>,
     pub plugin: Option<String>,
@@ -132,6 +135,7 @@ pub struct RunTotals {
     pub records_in: u64,
     pub dead_letters: u64,
     pub outputs: BTreeMap<String, u64>,
+    pub deletes: BTreeMap<String, u64>,
     pub offsets: Vec<PartitionRange>,
 }
 
@@ -142,6 +146,9 @@ impl RunTotals {
         self.dead_letters += done.dead_letters as u64;
         for (output, n) in done.outputs {
             *self.outputs.entry(output).or_default() += n as u64;
+        }
+        for (output, n) in done.deletes {
+            *self.deletes.entry(output).or_default() += n as u64;
         }
         let first = batch.first_offsets();
         for ((topic, partition), next) in batch.next_offsets() {
@@ -206,8 +213,12 @@ const MYSQL_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_runs (
 ) CHARACTER SET utf8mb4";
 
 const COLUMNS: &str = "id, pipeline, run_trigger, state, scheduled_for, queued_at, started_at, \
-    ended_at, attempt, retry_of, records_in, dead_letters, outputs, offsets, plugin, \
+    ended_at, attempt, retry_of, records_in, dead_letters, outputs, deletes, offsets, plugin, \
     plugin_version, plugin_hash, error, note, deadline_exceeded";
+
+/// Columns added after a ledger's table may have been created: added to
+/// an existing table when it is opened ("duplicate column" means done).
+const ADDED_COLUMNS: &[&str] = &["ALTER TABLE sluice_runs ADD COLUMN deletes TEXT"];
 
 impl Ledger {
     /// Opens (and creates) the ledger the config points at.
@@ -274,6 +285,13 @@ impl Ledger {
                 anyhow::anyhow!("run ledger ({location}): cannot create table: {e}")
             })?;
         }
+        for statement in ADDED_COLUMNS {
+            match sqlx::query(*statement).execute(&pool).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().to_lowercase().contains("duplicate column") => {}
+                Err(e) => anyhow::bail!("run ledger ({location}): {statement}: {e}"),
+            }
+        }
         Ok(Ledger { pool, location })
     }
 
@@ -336,13 +354,14 @@ impl Ledger {
     ) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE sluice_runs SET state = ?, ended_at = ?, records_in = ?, dead_letters = ?, \
-             outputs = ?, offsets = ?, error = ?, note = COALESCE(?, note) WHERE id = ?",
+             outputs = ?, deletes = ?, offsets = ?, error = ?, note = COALESCE(?, note) WHERE id = ?",
         )
         .bind(state.as_str())
         .bind(Utc::now().timestamp_millis())
         .bind(totals.records_in as i64)
         .bind(totals.dead_letters as i64)
         .bind(serde_json::to_string(&totals.outputs)?)
+        .bind(serde_json::to_string(&totals.deletes)?)
         .bind(serde_json::to_string(&totals.offsets)?)
         .bind(error.map(str::to_string))
         .bind(note.map(str::to_string))
@@ -480,6 +499,11 @@ fn from_row(row: &AnyRow) -> anyhow::Result<Run> {
         records_in: row.try_get::<i64, _>("records_in")? as u64,
         dead_letters: row.try_get::<i64, _>("dead_letters")? as u64,
         outputs: serde_json::from_str(&text("outputs")?)?,
+        // NULL in rows written before deletes were counted.
+        deletes: match opt_text("deletes")? {
+            Some(text) => serde_json::from_str(&text)?,
+            None => BTreeMap::new(),
+        },
         offsets: serde_json::from_str(&text("offsets")?)?,
         plugin: opt_text("plugin")?,
         plugin_version: opt_text("plugin_version")?,

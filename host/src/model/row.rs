@@ -4,13 +4,26 @@ use serde_json::{Map, Value};
 use sluice_plugin_sdk::schema::{Output, Type};
 use std::collections::BTreeMap;
 
-/// One output value ready to write.
+/// One output value ready to write, or a key to delete.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     /// The document `_id`: the declared key, or the source position.
     pub id: Value,
-    /// Field values, normalised by `Output::check_value`.
+    /// Field values, normalised by `Output::check_value`; for a delete,
+    /// the key fields (`Output::check_key`).
     pub fields: Map<String, Value>,
+    /// Remove what the key holds instead of writing `fields`.
+    pub delete: bool,
+}
+
+impl Row {
+    pub fn upsert(id: Value, fields: Map<String, Value>) -> Row {
+        Row {
+            id,
+            fields,
+            delete: false,
+        }
+    }
 }
 
 /// Why a record ended in dead letters.
@@ -64,6 +77,8 @@ pub fn dead_letter_decl() -> Output {
 pub struct BatchDone {
     /// Rows written per output.
     pub outputs: BTreeMap<String, usize>,
+    /// Keys deleted per output (deleting a key that held nothing counts).
+    pub deletes: BTreeMap<String, usize>,
     pub dead_letters: usize,
     /// Records skipped because the sink's stored offsets say they were
     /// written before (offsets in the sink's transaction).

@@ -3,7 +3,7 @@
 //! transaction with the new offsets, provided nobody moved them since they
 //! were read.
 
-use super::writer::{OnSinkError, Writes, retry_sink, write_all};
+use super::writer::{OnSinkError, Refused, Writes, retry_sink, write_all};
 use super::{Pipeline, Stats};
 use crate::model::{Batch, BatchDone, Offsets, Partition, SourceRecord};
 use crate::router::{DeadLetterContext, Routed, Routes};
@@ -104,14 +104,14 @@ impl Pipeline {
 
 /// Writes a routed batch in one transaction that also stores the offsets,
 /// if they are still as read; `None` (nothing written) if another writer
-/// moved them. Returns the outputs of rows the database refused.
+/// moved them. Returns what the database refused.
 async fn write_in_transaction(
     lock: &OffsetLock<'_>,
     routes: &Routes,
     routed: &Routed,
     records: &[Record<'_>],
     ctx: &DeadLetterContext<'_>,
-) -> Result<Option<Vec<String>>, SinkError> {
+) -> Result<Option<Vec<Refused>>, SinkError> {
     let (mut tx, locked) = lock.store.begin(lock.group, lock.partitions).await?;
     if locked != *lock.stored {
         return Ok(None);

@@ -10,6 +10,8 @@ pub struct Stats {
     pub batches: AtomicU64,
     pub records_in: AtomicU64,
     pub rows_written: AtomicU64,
+    /// Keys deleted (rows or documents).
+    pub deletes: AtomicU64,
     pub dead_letters: AtomicU64,
     pub sink_retries: AtomicU64,
     /// Records skipped because the sink's stored offsets say they were
@@ -48,6 +50,7 @@ pub struct StatsSnapshot {
     pub batches: u64,
     pub records_in: u64,
     pub rows_written: u64,
+    pub deletes: u64,
     pub dead_letters: u64,
     pub sink_retries: u64,
     pub already_written: u64,
@@ -59,6 +62,7 @@ impl Stats {
             batches: self.batches.load(Relaxed),
             records_in: self.records_in.load(Relaxed),
             rows_written: self.rows_written.load(Relaxed),
+            deletes: self.deletes.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             sink_retries: self.sink_retries.load(Relaxed),
             already_written: self.already_written.load(Relaxed),

@@ -190,6 +190,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, r)| OutputRecord {
                     source: i as u32,
+                    op: Default::default(),
                     output: "o".into(),
                     value: r.offset.to_string().into_bytes(),
                 })

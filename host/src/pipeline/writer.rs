@@ -208,7 +208,7 @@ impl Pipeline {
     pub(super) async fn finish(
         &mut self,
         t: Transformed<'_>,
-        refused: Vec<String>,
+        refused: Vec<Refused>,
         version: &PluginVersion,
     ) -> BatchDone {
         if let Some(call) = t.shadow {
@@ -222,23 +222,29 @@ impl Pipeline {
             self.registry
                 .observe(&self.config.plugin, &canary.hash, diff, promote_after);
         }
-        let mut outputs: BTreeMap<String, usize> = t
-            .routed
-            .rows
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect();
-        for output in &refused {
-            if let Some(n) = outputs.get_mut(output) {
-                *n -= 1;
-            }
-        }
+        let count = |delete: bool| -> BTreeMap<String, usize> {
+            t.routed
+                .rows
+                .iter()
+                .map(|(output, rows)| {
+                    let n = rows.iter().filter(|r| r.delete == delete).count();
+                    let lost = refused
+                        .iter()
+                        .filter(|r| r.output == *output && r.delete == delete)
+                        .count();
+                    (output.clone(), n - lost)
+                })
+                .filter(|(_, n)| *n > 0 || !delete)
+                .collect()
+        };
         let done = BatchDone {
-            outputs,
+            outputs: count(false),
+            deletes: count(true),
             dead_letters: t.routed.dead_letters.len() + refused.len(),
             already_written: 0,
         };
         let written: usize = done.outputs.values().sum();
+        Stats::add(&self.stats.deletes, done.deletes.values().sum());
         let records = t.records.len();
         Stats::add(&self.stats.batches, 1);
         Stats::add(&self.stats.records_in, records);
@@ -337,30 +343,46 @@ impl Writes<'_> {
     }
 }
 
-/// All writes of one batch. Safe to repeat: every write is an upsert.
-/// A row the database refuses for its own sake (constraint, type, size)
-/// becomes a dead letter with the database's reason, and the rest is
-/// written; returns the output of each refused row. Any other error (the
-/// database down, a permission) fails the whole write, to be retried.
+/// A row or delete the database refused (it went to dead letters).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Refused {
+    output: String,
+    delete: bool,
+}
+
+/// All writes of one batch. Safe to repeat: every write is an upsert or a
+/// delete of a key. A row (or delete) the database refuses for its own
+/// sake (constraint, type, size) becomes a dead letter with the database's
+/// reason, and the rest is written; returns what was refused. Any other
+/// error (the database down, a permission) fails the whole write, to be
+/// retried.
 pub(super) async fn write_all(
     routes: &Routes,
     routed: &Routed,
     records: &[Record<'_>],
     ctx: &DeadLetterContext<'_>,
     writes: &mut Writes<'_>,
-) -> Result<Vec<String>, SinkError> {
+) -> Result<Vec<Refused>, SinkError> {
     let mut refused = Vec::new();
     let mut letters = Vec::new();
     for (output, rows) in &routed.rows {
         let route = &routes.outputs[output];
         for (i, reason) in write_isolating(route, rows, writes).await? {
             let record = &records[routed.sources[output][i]];
+            let what = if rows[i].delete {
+                "the delete of"
+            } else {
+                "output"
+            };
             let reason = format!(
-                "sink '{}' refused output '{output}' (id {}) in {}: {reason}",
+                "sink '{}' refused {what} '{output}' (id {}) in {}: {reason}",
                 route.sink_name, rows[i].id, route.target
             );
             letters.push(ctx.row(record, Stage::Sink, &reason, &format!("/{output}/sink")));
-            refused.push(output.clone());
+            refused.push(Refused {
+                output: output.clone(),
+                delete: rows[i].delete,
+            });
         }
     }
     writes
@@ -455,7 +477,8 @@ mod tests {
         let refused = write_all(&routes, &routed, &records, &context(), &mut Writes::Direct)
             .await
             .unwrap();
-        assert_eq!(refused, ["orders", "orders"]);
+        let outputs: Vec<_> = refused.iter().map(|r| r.output.as_str()).collect();
+        assert_eq!(outputs, ["orders", "orders"]);
         let written: Vec<String> = rows
             .rows("orders")
             .iter()

@@ -57,10 +57,7 @@ impl<'a> DeadLetterContext<'a> {
         let Value::Object(fields) = fields else {
             unreachable!()
         };
-        Row {
-            id: Value::String(id),
-            fields,
-        }
+        Row::upsert(Value::String(id), fields)
     }
 }
 

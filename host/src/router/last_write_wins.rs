@@ -72,7 +72,7 @@ mod tests {
         let Value::Object(fields) = json!({ "v": version }) else {
             unreachable!()
         };
-        Row { id, fields }
+        Row::upsert(id, fields)
     }
 
     /// Rows of one output as (id, version) after the reduction.

@@ -7,7 +7,7 @@ use crate::model::{Applied, Plan, Row, Stage, dead_letter_decl};
 use crate::runtime::PluginVersion;
 use crate::sink::{Sink, SinkError, Sinks};
 use serde_json::{Map, Value};
-use sluice_plugin_sdk::abi::{BatchResult, Record};
+use sluice_plugin_sdk::abi::{BatchResult, Op, Record};
 use sluice_plugin_sdk::schema::{Output, OutputKind, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -231,17 +231,30 @@ pub fn route(
                 continue;
             }
         };
-        if let Err(e) = route.decl.check_value(&mut value) {
-            routed
-                .dead_letters
-                .push(dead(format!("output '{}': {e}", out.output)));
-            continue;
-        }
-        let Value::Object(mut fields) = value else {
-            unreachable!("check_value accepts objects only")
+        let delete = out.op == Op::Delete;
+        let checked = if delete {
+            route
+                .decl
+                .check_key(value)
+                .map_err(|e| format!("delete on '{}': {e}", out.output))
+        } else {
+            match route.decl.check_value(&mut value) {
+                Ok(()) => match value {
+                    Value::Object(fields) => Ok(fields),
+                    _ => unreachable!("check_value accepts objects only"),
+                },
+                Err(e) => Err(format!("output '{}': {e}", out.output)),
+            }
+        };
+        let mut fields = match checked {
+            Ok(fields) => fields,
+            Err(reason) => {
+                routed.dead_letters.push(dead(reason));
+                continue;
+            }
         };
         let id = document_id(&route.decl, &fields, record, &out.output, *n);
-        if route.decl.kind == OutputKind::Table {
+        if route.decl.kind == OutputKind::Table && !delete {
             route.decl.fill_nulls(&mut fields);
         }
         routed
@@ -253,7 +266,7 @@ pub fn route(
             .rows
             .entry(out.output)
             .or_default()
-            .push(Row { id, fields });
+            .push(Row { id, fields, delete });
     }
     routed.keep_last_per_key();
     routed
@@ -285,6 +298,8 @@ fn document_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use sluice_plugin_sdk::abi::OutputRecord;
     use testing::{config, memory_sinks, plugin};
 
     fn resolve(config: &Config) -> Result<Routes, String> {
@@ -361,11 +376,13 @@ mod tests {
         let mut result = testing::orders(&[(0, "a", 1), (1, "b", 2)]);
         result.outputs.push(sluice_plugin_sdk::abi::OutputRecord {
             source: 2,
+            op: Op::Upsert,
             output: "orders".into(),
             value: br#"{"id": "c", "total": "many"}"#.to_vec(),
         });
         result.outputs.push(sluice_plugin_sdk::abi::OutputRecord {
             source: 2,
+            op: Op::Upsert,
             output: "nowhere".into(),
             value: b"{}".to_vec(),
         });
@@ -394,6 +411,50 @@ mod tests {
                     "output 'orders': field 'total': expected an integer, got a string"
                 ),
                 ("schema", "output 'nowhere' is not declared by the plugin"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_delete_is_a_version_of_its_key_and_a_bad_one_is_a_dead_letter() {
+        let config = config("", "");
+        let routes = resolve(&config).unwrap();
+        let records: Vec<_> = (0..6).map(testing::record).collect();
+        let delete = |source: u32, output: &str, key: &str| OutputRecord {
+            source,
+            op: Op::Delete,
+            output: output.into(),
+            value: key.as_bytes().to_vec(),
+        };
+        // a: written, then deleted; b: deleted, then written again.
+        let mut result = testing::orders(&[(0, "a", 1), (3, "b", 2)]);
+        result.outputs.insert(1, delete(1, "orders", r#""a""#));
+        result
+            .outputs
+            .insert(2, delete(2, "orders", r#"{"id": "b"}"#));
+        result.outputs.push(delete(4, "orders", r#"{"total": 3}"#));
+        result.outputs.push(delete(5, "events", r#""x""#));
+        let routed = route(&records, result, &routes, &testing::context());
+        let kept: Vec<(String, bool)> = routed.rows["orders"]
+            .iter()
+            .map(|r| (r.id.to_string(), r.delete))
+            .collect();
+        assert_eq!(kept, [(r#""a""#.into(), true), (r#""b""#.into(), false)]);
+        assert_eq!(
+            routed.rows["orders"][0].fields,
+            json!({"id": "a"}).as_object().unwrap().clone(),
+            "a delete carries the key fields only"
+        );
+        let reasons: Vec<&str> = routed
+            .dead_letters
+            .iter()
+            .map(|d| d.fields["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "delete on 'orders': the key of a delete has no 'id'",
+                "delete on 'events': output 'events' declares no primary key, so nothing can be deleted from it",
             ]
         );
     }

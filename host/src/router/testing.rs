@@ -87,6 +87,7 @@ pub fn orders(rows: &[(u32, &str, i64)]) -> BatchResult {
             .iter()
             .map(|(source, id, total)| OutputRecord {
                 source: *source,
+                op: Op::Upsert,
                 output: "orders".into(),
                 value: json!({ "id": id, "total": total }).to_string().into_bytes(),
             })

@@ -27,7 +27,7 @@ pub enum LoadError {
     Describe { path: PathBuf, reason: String },
     #[error(
         "{path}: plugin '{name}' cannot read this host's batches ({reason}); it was probably built with another sluice-plugin-sdk: rebuild it with the SDK for packed encoding version {version}",
-        version = sluice_plugin_sdk::abi::VERSION
+        version = sluice_plugin_sdk::abi::BATCH_VERSION
     )]
     Encoding {
         path: PathBuf,

@@ -423,6 +423,7 @@ mod tests {
             records_in: 0,
             dead_letters: 0,
             outputs: Default::default(),
+            deletes: Default::default(),
             offsets: offsets
                 .iter()
                 .map(|&(partition, from, to)| PartitionRange {

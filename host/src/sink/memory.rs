@@ -92,7 +92,11 @@ impl State {
     fn upsert(&mut self, target: &str, rows: &[Row]) {
         let table = self.targets.entry(target.into()).or_default();
         for row in rows {
-            table.insert(row.id.to_string(), row.clone());
+            if row.delete {
+                table.remove(&row.id.to_string());
+            } else {
+                table.insert(row.id.to_string(), row.clone());
+            }
         }
     }
 }

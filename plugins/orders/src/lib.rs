@@ -1,4 +1,6 @@
-//! Splits JSON order events into an `orders` table and `order_events` documents.
+//! Splits JSON order events into an `orders` table and `order_events`
+//! documents; a tombstone of an order's key, or `{"id": ..., "op":
+//! "delete"}`, deletes both.
 use sluice_plugin_sdk::prelude::*;
 
 pub struct Orders;
@@ -11,6 +13,13 @@ struct Event {
     created_at: String,
     status: Option<String>,
     channel: Option<String>,
+}
+
+/// An event that is an operation rather than an order: `{"id", "op"}`.
+#[derive(serde::Deserialize)]
+struct Op {
+    id: String,
+    op: String,
 }
 
 impl Transform for Orders {
@@ -45,6 +54,30 @@ impl Transform for Orders {
     }
 
     fn process(record: &Record, out: &mut Emitter) -> Result<(), Error> {
+        // A tombstone (no value) or `{"id": ..., "op": "delete"}` deletes
+        // the order and its events document.
+        let deleted = match record.value {
+            // A plugin from before deletes rejected tombstones.
+            None if cfg!(feature = "result-v1") => None,
+            None => Some(
+                record
+                    .key_str()
+                    .ok_or(Error("tombstone without a key".into()))?,
+            ),
+            Some(_) => None,
+        };
+        let op: Option<Op> = match deleted {
+            Some(_) => None,
+            None => record.json().ok(),
+        };
+        let deleted = deleted.or(op
+            .as_ref()
+            .filter(|o| o.op == "delete")
+            .map(|o| o.id.as_str()));
+        if let Some(id) = deleted {
+            out.delete("orders", id)?;
+            return out.delete("order_events", id);
+        }
         let event: Event = record.json()?;
         let order_id = event
             .id
@@ -72,7 +105,43 @@ impl Transform for Orders {
     }
 }
 
+#[cfg(not(feature = "result-v1"))]
 export!(Orders);
+
+/// The same plugin answering as one built before deletes: packed result
+/// version 1, whose outputs have no op byte.
+#[cfg(all(target_arch = "wasm32", feature = "result-v1"))]
+const _: () = {
+    use sluice_plugin_sdk::abi;
+    struct Version1;
+    impl sluice_plugin_sdk::guest::Guest for Version1 {
+        fn describe() -> sluice_plugin_sdk::guest::PluginInfo {
+            sluice_plugin_sdk::guest::plugin_info(<Orders as Transform>::describe())
+        }
+        fn transform(batch: Vec<u8>) -> Result<Vec<u8>, String> {
+            let packed = sluice_plugin_sdk::transform_packed::<Orders>(&batch)?;
+            let result = abi::decode_result(&packed).map_err(|e| e.to_string())?;
+            let mut b = b"SLR\x01".to_vec();
+            let put = |b: &mut Vec<u8>, bytes: &[u8]| {
+                b.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                b.extend_from_slice(bytes);
+            };
+            b.extend_from_slice(&(result.outputs.len() as u32).to_le_bytes());
+            for o in &result.outputs {
+                b.extend_from_slice(&o.source.to_le_bytes());
+                put(&mut b, o.output.as_bytes());
+                put(&mut b, &o.value);
+            }
+            b.extend_from_slice(&(result.errors.len() as u32).to_le_bytes());
+            for e in &result.errors {
+                b.extend_from_slice(&e.source.to_le_bytes());
+                put(&mut b, e.reason.as_bytes());
+            }
+            Ok(b)
+        }
+    }
+    sluice_plugin_sdk::guest::export_transform!(Version1 with_types_in sluice_plugin_sdk::guest::bindings);
+};
 
 #[cfg(test)]
 mod tests {
@@ -95,7 +164,35 @@ mod tests {
         assert_eq!(out.on("order_events")[0]["big_spender"], true);
         assert_eq!(out.on("order_events")[0]["event"]["items"][0]["sku"], "x");
         assert_eq!(out.rejected.len(), 2);
+        assert!(out.deletes.is_empty());
         assert_eq!(out.rejected[0], (1, "order has no id".to_string()));
         assert!(out.rejected[1].1.starts_with("value is not valid JSON"));
+    }
+
+    #[test]
+    fn a_tombstone_or_a_delete_event_deletes_the_order_and_its_events() {
+        let out = run::<Orders>(&[
+            TestRecord::tombstone("o-1"),
+            TestRecord::json(json!({"id": "o-2", "op": "delete"})),
+            TestRecord {
+                key: None,
+                ..TestRecord::tombstone("")
+            },
+        ]);
+        let deleted: Vec<_> = out
+            .deletes
+            .iter()
+            .map(|(o, k, i)| (o.as_str(), k.clone(), *i))
+            .collect();
+        assert_eq!(
+            deleted,
+            [
+                ("orders", json!({"order_id": "o-1"}), 0),
+                ("order_events", json!({"order_id": "o-1"}), 0),
+                ("orders", json!({"order_id": "o-2"}), 1),
+                ("order_events", json!({"order_id": "o-2"}), 1),
+            ]
+        );
+        assert_eq!(out.rejected, [(2, "tombstone without a key".to_string())]);
     }
 }

@@ -1,6 +1,6 @@
-//! MongoDB wire protocol: document outputs upserted by `_id` in bulk, with
-//! plain `insert`, `delete` and `createIndexes` commands that MongoDB and
-//! FerretDB both support.
+//! MongoDB wire protocol: document outputs upserted by `_id` in bulk (and
+//! deleted by `_id`), with plain `insert`, `delete` and `createIndexes`
+//! commands that MongoDB and FerretDB both support.
 
 mod dead_letters;
 mod migrate;
@@ -135,6 +135,15 @@ impl Sink for MongoSink {
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
+        // Keys are distinct, so deletes and upserts do not meet.
+        let (deletes, rows): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.delete);
+        for chunk in deletes.chunks(CHUNK) {
+            let ids = chunk
+                .iter()
+                .map(|r| bson::to_bson(&r.id).map_err(|e| SinkError::Refused(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.delete_ids(target, ids).await?;
+        }
         let mut chunk = Vec::with_capacity(rows.len().min(CHUNK));
         let mut bytes = 0;
         for (i, row) in rows.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! MySQL / MariaDB: table outputs as multi-row `INSERT ... ON DUPLICATE KEY
-//! UPDATE` on the declared primary key, one transaction per batch.
+//! UPDATE` on the declared primary key and deletes as `DELETE ... WHERE
+//! (key) IN (...)`, one transaction per batch.
 
 mod collation;
 mod ddl;
@@ -91,7 +92,7 @@ impl Sink for MysqlSink {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        upsert_all(&mut tx, target, decl, rows).await?;
+        write_rows(&mut tx, target, decl, rows).await?;
         tx.commit().await.map_err(classify)?;
         Ok(())
     }
@@ -229,7 +230,7 @@ impl SinkTransaction for MysqlTransaction {
     async fn write(&mut self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {
         // InnoDB rolls back only the failing statement: a refused write
         // leaves the rest of the transaction as it was.
-        upsert_all(&mut self.tx, target, decl, rows).await
+        write_rows(&mut self.tx, target, decl, rows).await
     }
 
     async fn commit(mut self: Box<Self>, next: &Offsets) -> Result<(), SinkError> {
@@ -249,6 +250,51 @@ impl SinkTransaction for MysqlTransaction {
         }
         self.tx.commit().await.map_err(classify)
     }
+}
+
+/// Upserts the rows and deletes the keys of `rows` (they carry distinct
+/// keys, so the order between the two does not matter).
+async fn write_rows(
+    conn: &mut sqlx::MySqlConnection,
+    target: &str,
+    decl: &Output,
+    rows: &[Row],
+) -> Result<(), SinkError> {
+    let (deletes, upserts): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.delete);
+    upsert_all(conn, target, decl, &upserts).await?;
+    for chunk in deletes.chunks(MAX_PARAMS / decl.primary_key.len().max(1)) {
+        delete_keys(target, decl, chunk)
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// `DELETE FROM target WHERE (k1, k2) IN ((?, ?), ...)`.
+fn delete_keys(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
+    let key: Vec<String> = decl.primary_key.iter().map(|k| ddl::quote(k)).collect();
+    let mut q = QueryBuilder::new(format!(
+        "DELETE FROM {} WHERE ({}) IN (",
+        ddl::quote(target),
+        key.join(", ")
+    ));
+    for (i, row) in rows.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" });
+        let mut values = q.separated(", ");
+        for name in &decl.primary_key {
+            let ty = decl.get_field(name).expect("keys are declared fields").ty;
+            bind(
+                &mut values,
+                ty,
+                row.fields.get(name).unwrap_or(&Value::Null),
+            );
+        }
+        q.push(")");
+    }
+    q.push(")");
+    q
 }
 
 /// Upserts `rows` in as few statements as the placeholder and packet
