@@ -527,6 +527,19 @@ async fn schema_plan_prints_the_statements_or_the_refusal_and_changes_nothing() 
     assert!(out.contains("orders 1.0.0"), "{out}");
 }
 
+async fn has_column_of_type(pool: &sqlx::MySqlPool, table: &str, column: &str, ty: &str) -> bool {
+    let found: Option<(String,)> = sqlx::query_as(
+        "SELECT DATA_TYPE FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+    )
+    .bind(table)
+    .bind(column)
+    .fetch_optional(pool)
+    .await
+    .unwrap();
+    found.is_some_and(|(t,)| t == ty)
+}
+
 async fn has_column(pool: &sqlx::MySqlPool, table: &str, column: &str) -> bool {
     let found: Option<(String,)> = sqlx::query_as(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
@@ -648,4 +661,87 @@ async fn a_host_whose_plugin_the_table_cannot_take_does_not_start_and_says_why()
         assert!(error.contains(part), "expected '{part}' in: {error}");
     }
     assert_eq!(show_create(&pool, &table).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_table_no_longer_takes_when_it_would_serve_is_quarantined_and_nothing_is_lost()
+ {
+    init_logs();
+    let (topic, table, collection) = (unique("late"), unique("orders"), unique("events"));
+    let pipeline = unique("late");
+    create_topic(&topic, 1).await;
+    let v1 = std::fs::read(plugin_wasm("orders", false)).unwrap();
+    let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let toml = orders_config(&dir, &pipeline, &topic, &table, &collection)
+        + "reload = \"canary\"\ncanary_batches = 0\n";
+    let config = sluice::config::Config::parse(&toml, &dir.join("sluice.toml")).unwrap();
+    let host = sluice::Host::start(config).await.unwrap();
+    let (registry, stats) = (host.registry.clone(), host.stats[&pipeline].clone());
+    let running = run_host(host);
+    let (p, pool) = (producer(), mysql().await);
+    let events = |r: std::ops::Range<usize>| r.map(order_event).collect::<Vec<_>>();
+    produce(&p, &topic, &events(0..100)).await;
+    wait_for(Duration::from_secs(60), || async {
+        stats.snapshot().records_in == 100
+    })
+    .await;
+
+    // v3 is admitted as a canary (it adds `channel`), then someone adds a
+    // `channel` of another type by hand before it is promoted.
+    replace_atomically(
+        &dir.join("orders.wasm"),
+        &std::fs::read(variant_wasm("orders", Some("v3"))).unwrap(),
+    );
+    wait_for(Duration::from_secs(60), || async {
+        registry.candidate("orders").is_some()
+    })
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE `{table}` ADD COLUMN channel INT NULL"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The batch already being fetched at promotion is v1's.
+    registry.promote("orders").unwrap();
+    produce(&p, &topic, &events(100..200)).await;
+
+    // Planned again before its first batch, v3 is refused: quarantined, the
+    // pipeline pauses and consumes nothing.
+    wait_for(Duration::from_secs(60), || async {
+        stats.paused.lock().unwrap().is_some()
+    })
+    .await;
+    let paused = stats.paused.lock().unwrap().clone().unwrap();
+    println!("paused: {paused}");
+    for part in [
+        "quarantined",
+        "output 'orders' (sink 'mysql')",
+        "field 'channel': the column is int",
+        "the new declaration says text(32)",
+    ] {
+        assert!(paused.contains(part), "expected '{part}' in: {paused}");
+    }
+    let consumed = stats.snapshot().records_in;
+    produce(&p, &topic, &events(200..300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        stats.snapshot().records_in,
+        consumed,
+        "nothing consumed while paused"
+    );
+    assert!(
+        !has_column_of_type(&pool, &table, "channel", "varchar").await,
+        "v3's change was not applied"
+    );
+
+    // v1 again (a new file) serves: the table takes it, nothing was lost.
+    replace_atomically(&dir.join("orders.wasm"), &new_version(&v1));
+    wait_for(Duration::from_secs(60), || async {
+        stats.snapshot().records_in == 300
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(count_rows(&pool, &table).await, (300, 300));
+    assert_eq!(stats.snapshot().dead_letters, 0);
 }
