@@ -50,8 +50,10 @@ impl Pipeline {
                 }
             };
             // A new version's schema changes run before its first batch.
-            if !self.prepare_or_quarantine(&version, &mut shutdown).await? {
-                continue;
+            match self.prepare_or_quarantine(&version, &mut shutdown).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => break Err(e),
             }
             if self.stats.pause(None) {
                 tracing::info!(pipeline = %name, "resumed");

@@ -113,6 +113,28 @@ pub struct Gate {
 impl Admission for Gate {
     async fn admit(&self, version: &PluginVersion) -> Result<Vec<String>, String> {
         let serving = self.registry.current(&version.name);
+        let refuse = |refused: Vec<String>| {
+            format!(
+                "{} ({} {}): schema change refused: {}",
+                version.path.display(),
+                version.name,
+                version.info.version,
+                refused.join("; ")
+            )
+        };
+        // What no sink can tell: judged from the declarations alone, even
+        // when a sink cannot be inspected right now.
+        if let Some(old) = &serving {
+            let changed: Vec<String> = version
+                .info
+                .outputs
+                .iter()
+                .filter_map(|o| changed_identity(&old.info, o))
+                .collect();
+            if !changed.is_empty() {
+                return Err(refuse(changed));
+            }
+        }
         let plans = plan_version(
             &self.config,
             &self.sinks,
@@ -130,13 +152,7 @@ impl Admission for Gate {
         };
         let refused = refusals(&plans);
         if !refused.is_empty() {
-            return Err(format!(
-                "{} ({} {}): schema change refused: {}",
-                version.path.display(),
-                version.name,
-                version.info.version,
-                refused.join("; ")
-            ));
+            return Err(refuse(refused));
         }
         Ok(plans
             .iter()

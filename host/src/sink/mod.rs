@@ -127,31 +127,43 @@ pub trait SinkTransaction: Send {
 }
 
 /// Plans and applies; a plan with refusals is an `Incompatible` error that
-/// lists them. A step that fails because another host or pipeline made the
-/// same change first is fine: a new plan then has nothing left to do.
+/// lists them. Another host or pipeline may be making the same change: a
+/// step that fails is planned again from what exists then, a few times,
+/// before its error is returned.
 pub async fn migrate<S: Sink + ?Sized>(
     sink: &S,
     target: &str,
     decl: &Output,
 ) -> Result<Vec<Applied>, SinkError> {
-    let plan = sink.plan(target, decl).await?;
-    if !plan.refusals.is_empty() {
-        return Err(SinkError::Incompatible(format!(
-            "{}: {}",
-            plan.target,
-            plan.refusals.join("; ")
-        )));
+    const TRIES: usize = 3;
+    let mut applied = Vec::new();
+    for attempt in 1..=TRIES {
+        let plan = sink.plan(target, decl).await?;
+        if !plan.refusals.is_empty() {
+            return Err(SinkError::Incompatible(format!(
+                "{}: {}",
+                plan.target,
+                plan.refusals.join("; ")
+            )));
+        }
+        if plan.steps.is_empty() {
+            break;
+        }
+        if attempt == 1 {
+            for note in &plan.notes {
+                tracing::info!(target, "schema: {note}");
+            }
+        }
+        match sink.apply(&plan).await {
+            Ok(done) => {
+                applied.extend(done);
+                break;
+            }
+            Err(e) if attempt == TRIES => return Err(e),
+            Err(e) => tracing::info!(target, "schema change failed ({e}); planning it again"),
+        }
     }
-    for note in &plan.notes {
-        tracing::info!(target, "schema: {note}");
-    }
-    match sink.apply(&plan).await {
-        Ok(applied) => Ok(applied),
-        Err(e) => match sink.plan(target, decl).await {
-            Ok(again) if again.is_empty() => Ok(vec![]),
-            _ => Err(e),
-        },
-    }
+    Ok(applied)
 }
 
 /// Every configured sink, by name.

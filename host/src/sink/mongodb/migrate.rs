@@ -1,7 +1,8 @@
 //! The declaration against the live collection. Documents have no columns,
-//! so only the collection and its indexes can differ; an index whose fields
-//! changed is rebuilt (indexes hold no data of their own), an index no
-//! longer declared stays.
+//! so only the collection and its indexes can differ: a missing one is
+//! created; one declared with other fields is refused (MongoDB cannot swap
+//! an index in one step, and between a drop and a create nothing would
+//! enforce it); one no longer declared stays.
 
 use crate::model::migration::Plan;
 use mongodb::bson::{Bson, Document, doc};
@@ -67,15 +68,15 @@ pub fn plan(target: &str, decl: &Output, live: &LiveCollection) -> Plan {
         let fields = index.fields.join(", ");
         match indexes.get(&index.name) {
             Some(existing) if *existing == wanted => {}
-            Some(_) => {
-                plan.step(
-                    format!("drop index '{}' to rebuild it on ({fields})", index.name),
-                    command_text(doc! { "dropIndexes": target, "index": &index.name }),
-                );
-                plan.step(
-                    format!("rebuild index '{}' on ({fields})", index.name),
-                    command_text(create),
-                );
+            Some(existing) => {
+                let unique = |u: bool| if u { ", unique" } else { "" };
+                plan.refuse(format!(
+                    "index '{}' is on ({}{}) and the new declaration puts it on ({fields}{}); give the changed index a new name (the old one stays), or drop it by hand first",
+                    index.name,
+                    existing.fields.join(", "),
+                    unique(existing.unique),
+                    unique(index.unique)
+                ));
             }
             None => {
                 let unique = if index.unique { "unique " } else { "" };
@@ -100,7 +101,7 @@ mod tests {
     use sluice_plugin_sdk::schema::Type;
 
     #[test]
-    fn indexes_are_added_rebuilt_or_kept() {
+    fn indexes_are_added_or_kept_and_a_changed_one_is_refused() {
         let decl = Output::document("events")
             .field("a", Type::text(8))
             .field("b", Type::text(8))
@@ -131,12 +132,11 @@ mod tests {
         ]));
         let p = plan("events", &decl, &live);
         let what: Vec<_> = p.steps.iter().map(|s| s.what.as_str()).collect();
+        assert_eq!(what, ["add index 'by_a' on (a)"]);
         assert_eq!(
-            what,
+            p.refusals,
             [
-                "add index 'by_a' on (a)",
-                "drop index 'by_b' to rebuild it on (b, a)",
-                "rebuild index 'by_b' on (b, a)"
+                "index 'by_b' is on (b) and the new declaration puts it on (b, a); give the changed index a new name (the old one stays), or drop it by hand first"
             ]
         );
         assert_eq!(p.notes, ["index 'old' is no longer declared; it stays"]);

@@ -112,9 +112,11 @@ impl Sink for MongoSink {
                 Ok(_) => {}
                 // Another instance created it first.
                 Err(e) if command_code(&e) == Some(NAMESPACE_EXISTS) => {}
+                // Dropped by someone else first.
+                Err(e) if command_code(&e) == Some(INDEX_NOT_FOUND) => {}
                 // The server refused the change itself (a duplicate under
                 // a new unique index): retrying would not help.
-                Err(e) if command_code(&e).is_some() => {
+                Err(e) if command_code(&e).is_some_and(|c| !PASSING.contains(&c)) => {
                     return Err(SinkError::Incompatible(format!(
                         "collection '{}': {} failed: {e}",
                         plan.target, step.what
@@ -272,6 +274,10 @@ impl MongoSink {
 const DUPLICATE_KEY: i32 = 11000;
 /// `create` of a collection that exists (MongoDB and FerretDB).
 const NAMESPACE_EXISTS: i32 = 48;
+const INDEX_NOT_FOUND: i32 = 27;
+/// Errors of the moment (a primary stepping down, a lock or time limit, a
+/// shutdown): retried like any unavailable server.
+const PASSING: [i32; 9] = [6, 24, 89, 91, 189, 262, 10107, 11600, 11602];
 
 /// JSON fields -> BSON, with declared timestamps as BSON dates so they
 /// sort and compare as dates in MongoDB.

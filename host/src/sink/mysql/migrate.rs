@@ -23,13 +23,17 @@ pub struct LiveTable {
     pub has_rows: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LiveColumn {
     pub name: String,
-    /// As the server spells it, lower case: `varchar(64)`, `decimal(12,2)`.
+    /// As the server spells it: `varchar(64)`, `decimal(12,2)`; `json` also
+    /// for MariaDB's JSON (LONGTEXT checked by `json_valid`).
     pub column_type: String,
     pub nullable: bool,
     pub collation: Option<String>,
+    /// Has a DEFAULT, or is generated or AUTO_INCREMENT: the server fills
+    /// it, so it needs nothing from new rows.
+    pub filled_by_server: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +44,17 @@ pub struct LiveIndex {
 
 /// Reads the table `target`; `None` if it does not exist.
 pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>, sqlx::Error> {
-    let columns: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLLATION_NAME FROM information_schema.COLUMNS \
+    type ColumnRow = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let columns: Vec<ColumnRow> = sqlx::query_as(
+        "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLLATION_NAME, COLUMN_DEFAULT, EXTRA \
+         FROM information_schema.COLUMNS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
     )
     .bind(target)
@@ -50,19 +63,38 @@ pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>
     if columns.is_empty() {
         return Ok(None);
     }
+    // MariaDB's JSON is LONGTEXT with a `json_valid` check (MySQL 8 has no
+    // TABLE_NAME here: there the type itself says json).
+    let checks: Vec<(String,)> = sqlx::query_as(
+        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+         WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    )
+    .bind(target)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
     let mut table = LiveTable {
         columns: columns
             .into_iter()
-            .map(|(name, ty, nullable, collation)| LiveColumn {
-                name,
-                column_type: ty.to_lowercase(),
-                nullable: nullable == "YES",
-                collation,
+            .map(|(name, ty, nullable, collation, default, extra)| {
+                let json = checks
+                    .iter()
+                    .any(|(c,)| c.contains(&format!("json_valid(`{name}`)")));
+                LiveColumn {
+                    column_type: if json { "json".into() } else { ty },
+                    nullable: nullable == "YES",
+                    collation,
+                    // MariaDB reports no default as NULL, or as the text
+                    // NULL for a nullable column.
+                    filled_by_server: default.is_some_and(|d| d != "NULL") || !extra.is_empty(),
+                    name,
+                }
             })
             .collect(),
         ..LiveTable::default()
     };
-    let index_columns: Vec<(String, i64, String)> = sqlx::query_as(
+    // COLUMN_NAME is NULL for a functional index part (MySQL 8).
+    let index_columns: Vec<(String, i64, Option<String>)> = sqlx::query_as(
         "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
     )
@@ -70,6 +102,7 @@ pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>
     .fetch_all(pool)
     .await?;
     for (index, non_unique, column) in index_columns {
+        let column = column.unwrap_or_else(|| "(an expression)".into());
         if index == "PRIMARY" {
             table.primary_key.push(column);
             continue;
@@ -141,12 +174,12 @@ pub async fn describe(pool: &MySqlPool, target: &str) -> Result<Vec<String>, sql
     Ok(lines)
 }
 
-/// Column types as far as compatibility goes. JSON is LONGTEXT on MariaDB,
-/// so both read as `LongText`.
+/// Column types as far as compatibility goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SqlType {
     Varchar(u32),
     LongText,
+    Json,
     BigInt,
     Double,
     Bool,
@@ -166,7 +199,8 @@ impl SqlType {
             inner.split(',').map(|n| n.trim().parse().ok()).collect()
         };
         match t.as_str() {
-            "longtext" | "json" => return SqlType::LongText,
+            "longtext" => return SqlType::LongText,
+            "json" => return SqlType::Json,
             "double" => return SqlType::Double,
             "bigint" => return SqlType::BigInt,
             "tinyint(1)" | "boolean" => return SqlType::Bool,
@@ -256,6 +290,13 @@ pub fn plan(target: &str, decl: &Output, live: Option<&LiveTable>, collation: &s
             ));
             continue;
         }
+        if retyped && let Some(index) = too_wide_for(live, name, declared) {
+            plan.refuse(format!(
+                "field '{name}': widening the column to {} would make it too long for index {index}, which covers it (an index key holds at most 3072 bytes, 768 characters); widen it less, or drop that index by hand first",
+                field.ty
+            ));
+            continue;
+        }
         let relaxed = field.nullable && !column.nullable;
         if retyped || relaxed {
             let null = if column.nullable || field.nullable {
@@ -294,9 +335,9 @@ pub fn plan(target: &str, decl: &Output, live: Option<&LiveTable>, collation: &s
         if decl.get_field(&column.name).is_some() || live.primary_key.contains(&column.name) {
             continue;
         }
-        if column.nullable {
+        if column.nullable || column.filled_by_server {
             plan.note(format!(
-                "column {} is no longer declared; it stays, and new rows leave it NULL",
+                "column {} is no longer declared; it stays, and the server fills it in new rows (NULL or its default)",
                 quote(&column.name)
             ));
         } else {
@@ -364,6 +405,27 @@ pub fn plan(target: &str, decl: &Output, live: Option<&LiveTable>, collation: &s
     plan
 }
 
+/// The live index on `column` that a column of type `to` would not fit:
+/// InnoDB index keys hold at most 3072 bytes (utf8mb4: 4 bytes a
+/// character), and LONGTEXT cannot be indexed without a prefix.
+fn too_wide_for(live: &LiveTable, column: &str, to: SqlType) -> Option<String> {
+    let fits = match to {
+        SqlType::Varchar(n) => n as usize * 4 <= 3072,
+        SqlType::LongText | SqlType::Json => false,
+        _ => true,
+    };
+    if fits {
+        return None;
+    }
+    let primary = live.primary_key.iter().any(|c| c == column);
+    let covering = live
+        .indexes
+        .iter()
+        .find(|(_, i)| i.columns.iter().any(|c| c == column))
+        .map(|(name, _)| quote(name));
+    covering.or(primary.then(|| "PRIMARY".to_string()))
+}
+
 /// Keeps a text column's collation (exact keys) across MODIFY.
 fn collate(column: &LiveColumn) -> String {
     match &column.collation {
@@ -398,11 +460,11 @@ pub async fn apply(pool: &MySqlPool, plan: &Plan) -> Result<Vec<Applied>, SinkEr
                     break;
                 }
                 Err(sqlx::Error::Database(db))
-                    if i + 1 < attempts.len() && not_supported_online(db.code().as_deref()) =>
+                    if i + 1 < attempts.len() && not_supported_online(error_number(&*db)) =>
                 {
                     tracing::debug!(table = %plan.target, "{statement}: {}; trying the next way", db.message());
                 }
-                Err(sqlx::Error::Database(db)) => {
+                Err(sqlx::Error::Database(db)) if !passing(error_number(&*db)) => {
                     return Err(SinkError::Incompatible(format!(
                         "table {}: {} failed: {}",
                         quote(&plan.target),
@@ -426,11 +488,26 @@ pub async fn apply(pool: &MySqlPool, plan: &Plan) -> Result<Vec<Applied>, SinkEr
     Ok(applied)
 }
 
-/// ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): that algorithm or lock
-/// level cannot do this change here; a slower one can.
-fn not_supported_online(sqlstate: Option<&str>) -> bool {
-    // sqlx reports the SQLSTATE; both errors share 0A000.
-    sqlstate == Some("0A000")
+fn error_number(db: &dyn sqlx::error::DatabaseError) -> u16 {
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map_or(0, |e| e.number())
+}
+
+/// ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON), or ER_UNKNOWN_ALTER_ALGORITHM
+/// (a server without INSTANT): that way cannot do this change here; a
+/// slower one can.
+fn not_supported_online(number: u16) -> bool {
+    matches!(number, 1845 | 1846 | 1800)
+}
+
+/// Errors of the moment, not of the change (lock wait, deadlock, read-only
+/// during a failover, too many connections, a killed query, shutdown):
+/// retried like any unavailable database.
+fn passing(number: u16) -> bool {
+    matches!(
+        number,
+        1205 | 1213 | 1290 | 1836 | 1792 | 1040 | 1317 | 1053 | 1927 | 4031
+    )
 }
 
 #[cfg(test)]
@@ -458,7 +535,7 @@ mod tests {
                     name: f.name.clone(),
                     column_type: column_type(f.ty).to_lowercase(),
                     nullable: f.nullable,
-                    collation: None,
+                    ..LiveColumn::default()
                 })
                 .collect(),
             primary_key: decl.primary_key.clone(),
@@ -572,11 +649,65 @@ mod tests {
     }
 
     #[test]
+    fn a_wider_column_an_index_cannot_hold_and_text_to_json_are_refused() {
+        let cases = [
+            (
+                replace(orders(), "customer", Type::text(1000)),
+                "field 'customer': widening the column to text(1000) would make it too long for index `by_customer`",
+            ),
+            (
+                replace(orders(), "customer", Type::Text(None)),
+                "field 'customer': widening the column to text would make it too long",
+            ),
+            (orders().optional("notes", Type::Text(None)), ""),
+        ];
+        for (new, refusal) in cases {
+            let p = plan_for(new, true);
+            match refusal {
+                "" => assert!(p.refusals.is_empty(), "{p}"),
+                r => assert!(p.refusals.iter().any(|x| x.starts_with(r)), "{r}:\n{p}"),
+            }
+        }
+        let mut live = live(&orders().optional("notes", Type::Json), true);
+        live.columns.last_mut().unwrap().column_type = "longtext".into();
+        let p = plan(
+            "orders",
+            &orders().optional("notes", Type::Json),
+            Some(&live),
+            "x",
+        );
+        assert!(
+            p.refusals[0].starts_with(
+                "field 'notes': the column is longtext and the new declaration says json"
+            ),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn an_undeclared_column_the_server_fills_is_left_alone() {
+        let mut live = live(&orders().field("source", Type::text(8)), true);
+        live.columns.last_mut().unwrap().filled_by_server = true;
+        let p = plan("orders", &orders(), Some(&live), "x");
+        assert!(p.steps.is_empty(), "{p}");
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("`source` is no longer declared"))
+        );
+    }
+
+    fn replace(mut decl: Output, name: &str, ty: Type) -> Output {
+        decl.fields.iter_mut().find(|f| f.name == name).unwrap().ty = ty;
+        decl
+    }
+
+    #[test]
     fn live_types_are_read_as_the_server_spells_them() {
         assert_eq!(SqlType::of("bigint(20)"), SqlType::BigInt);
         assert_eq!(SqlType::of("varchar(64)"), SqlType::Varchar(64));
         assert_eq!(SqlType::of("decimal(12,2)"), SqlType::Decimal(12, 2));
-        assert_eq!(SqlType::of("json"), SqlType::of("longtext"));
+        assert_ne!(SqlType::of("json"), SqlType::of("longtext"));
         assert!(SqlType::Decimal(12, 2).widens_to(SqlType::Decimal(14, 3)));
         assert!(!SqlType::Decimal(12, 2).widens_to(SqlType::Decimal(12, 3)));
     }

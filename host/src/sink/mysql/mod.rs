@@ -262,7 +262,7 @@ async fn write_rows(
 ) -> Result<(), SinkError> {
     let (deletes, upserts): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.delete);
     upsert_all(conn, target, decl, &upserts).await?;
-    for chunk in deletes.chunks(MAX_PARAMS / decl.primary_key.len().max(1)) {
+    for chunk in statements(&deletes, decl.primary_key.len()) {
         delete_keys(target, decl, chunk)
             .build()
             .execute(&mut *conn)
@@ -305,9 +305,25 @@ async fn upsert_all(
     decl: &Output,
     rows: &[Row],
 ) -> Result<(), SinkError> {
-    let per_row = decl.fields.len().max(1);
+    for chunk in statements(rows, decl.fields.len()) {
+        upsert(target, decl, chunk)
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+/// `rows` cut into runs that fit one statement each: at most `MAX_PARAMS`
+/// placeholders (`per_row` a row) and about `MAX_STATEMENT_BYTES`.
+fn statements(rows: &[Row], per_row: usize) -> impl Iterator<Item = &[Row]> {
+    let per_row = per_row.max(1);
     let mut start = 0;
-    while start < rows.len() {
+    std::iter::from_fn(move || {
+        if start >= rows.len() {
+            return None;
+        }
         let mut end = start;
         let mut bytes = 0;
         while end < rows.len()
@@ -317,14 +333,10 @@ async fn upsert_all(
             bytes += rows[end].fields.values().map(approx_size).sum::<usize>();
             end += 1;
         }
-        upsert(target, decl, &rows[start..end])
-            .build()
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
+        let chunk = &rows[start..end];
         start = end;
-    }
-    Ok(())
+        Some(chunk)
+    })
 }
 
 fn upsert(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
