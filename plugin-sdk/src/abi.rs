@@ -160,12 +160,14 @@ impl Encoding {
         }
     }
 
-    /// The versions a reader of this encoding accepts.
-    fn readable(self) -> std::ops::RangeInclusive<u8> {
-        match self {
+    /// Whether `header` (four bytes) is this encoding's, in a version its
+    /// reader accepts.
+    fn reads(self, header: &[u8]) -> bool {
+        let versions = match self {
             Encoding::Batch => BATCH_VERSION..=BATCH_VERSION,
             Encoding::Result => OLDEST_RESULT_VERSION..=RESULT_VERSION,
-        }
+        };
+        header.len() == 4 && header[..3] == self.header()[..3] && versions.contains(&header[3])
     }
 }
 
@@ -276,7 +278,7 @@ const MIN_ERROR: usize = 8;
 /// then says what is wrong.
 pub fn result_output_count(buf: &[u8]) -> Option<u32> {
     let header = buf.get(..4)?;
-    if header[..3] != RESULT_HEADER[..3] || !Encoding::Result.readable().contains(&header[3]) {
+    if !Encoding::Result.reads(header) {
         return None;
     }
     Some(u32::from_le_bytes(buf.get(4..8)?.try_into().unwrap()))
@@ -507,7 +509,7 @@ impl<'a> Reader<'a> {
     fn header(&mut self, encoding: Encoding) -> Result<u8, Problem> {
         let expected = encoding.header();
         let found = self.take(4)?;
-        if found[..3] == expected[..3] && encoding.readable().contains(&found[3]) {
+        if encoding.reads(found) {
             return Ok(found[3]);
         }
         let other = match encoding {

@@ -122,19 +122,6 @@ impl Admission for Gate {
                 refused.join("; ")
             )
         };
-        // What no sink can tell: judged from the declarations alone, even
-        // when a sink cannot be inspected right now.
-        if let Some(old) = &serving {
-            let changed: Vec<String> = version
-                .info
-                .outputs
-                .iter()
-                .filter_map(|o| changed_identity(&old.info, o))
-                .collect();
-            if !changed.is_empty() {
-                return Err(refuse(changed));
-            }
-        }
         let plans = plan_version(
             &self.config,
             &self.sinks,
@@ -146,6 +133,18 @@ impl Admission for Gate {
         let plans = match plans {
             Ok(plans) => plans,
             Err(e) => {
+                // What no sink can tell is still judged, from the
+                // declarations alone.
+                let changed: Vec<String> = serving
+                    .iter()
+                    .flat_map(|old| {
+                        let new = &version.info.outputs;
+                        new.iter().filter_map(|o| changed_identity(&old.info, o))
+                    })
+                    .collect();
+                if !changed.is_empty() {
+                    return Err(refuse(changed));
+                }
                 tracing::warn!(plugin = %version.name, "schema changes not checked before loading: {e}");
                 return Ok(vec![]);
             }

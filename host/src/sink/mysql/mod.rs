@@ -260,7 +260,7 @@ async fn write_rows(
     decl: &Output,
     rows: &[Row],
 ) -> Result<(), SinkError> {
-    let (deletes, upserts): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r| r.delete);
+    let (deletes, upserts): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.delete);
     upsert_all(conn, target, decl, &upserts).await?;
     for chunk in statements(&deletes, decl.primary_key.len()) {
         delete_keys(target, decl, chunk)
@@ -273,7 +273,7 @@ async fn write_rows(
 }
 
 /// `DELETE FROM target WHERE (k1, k2) IN ((?, ?), ...)`.
-fn delete_keys(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
+fn delete_keys(target: &str, decl: &Output, rows: &[&Row]) -> QueryBuilder<MySql> {
     let key: Vec<String> = decl.primary_key.iter().map(|k| ddl::quote(k)).collect();
     let mut q = QueryBuilder::new(format!(
         "DELETE FROM {} WHERE ({}) IN (",
@@ -303,7 +303,7 @@ async fn upsert_all(
     conn: &mut sqlx::MySqlConnection,
     target: &str,
     decl: &Output,
-    rows: &[Row],
+    rows: &[&Row],
 ) -> Result<(), SinkError> {
     for chunk in statements(rows, decl.fields.len()) {
         upsert(target, decl, chunk)
@@ -317,7 +317,7 @@ async fn upsert_all(
 
 /// `rows` cut into runs that fit one statement each: at most `MAX_PARAMS`
 /// placeholders (`per_row` a row) and about `MAX_STATEMENT_BYTES`.
-fn statements(rows: &[Row], per_row: usize) -> impl Iterator<Item = &[Row]> {
+fn statements<'a>(rows: &'a [&'a Row], per_row: usize) -> impl Iterator<Item = &'a [&'a Row]> {
     let per_row = per_row.max(1);
     let mut start = 0;
     std::iter::from_fn(move || {
@@ -339,7 +339,7 @@ fn statements(rows: &[Row], per_row: usize) -> impl Iterator<Item = &[Row]> {
     })
 }
 
-fn upsert(target: &str, decl: &Output, rows: &[Row]) -> QueryBuilder<MySql> {
+fn upsert(target: &str, decl: &Output, rows: &[&Row]) -> QueryBuilder<MySql> {
     let columns: Vec<String> = decl.fields.iter().map(|f| ddl::quote(&f.name)).collect();
     let mut q = QueryBuilder::new(format!(
         "INSERT INTO {} ({}) ",
