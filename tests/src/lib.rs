@@ -666,3 +666,39 @@ pub async fn table_rows(pool: &sqlx::MySqlPool, table: &str) -> Option<i64> {
         _ => None,
     }
 }
+
+/// Status per order id in the orders table and the events collection.
+pub async fn statuses(
+    pool: &sqlx::MySqlPool,
+    table: &str,
+    collection: &str,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT order_id, status FROM `{table}`"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let docs = documents(collection)
+        .await
+        .iter()
+        .map(|d| {
+            let event = d.get_document("event").unwrap();
+            (
+                d.get_str("_id").unwrap().to_string(),
+                event.get_str("status").unwrap().to_string(),
+            )
+        })
+        .collect();
+    (rows.into_iter().collect(), docs)
+}
+
+/// `sluice run --until-drained`, as a user would: must exit 0; its log.
+pub fn run_until_drained(config: &Path) -> String {
+    let (ok, stdout, stderr) = sluice_cli(&["run", "--until-drained"], config);
+    assert!(ok, "sluice run --until-drained failed:\n{stdout}\n{stderr}");
+    stderr
+}

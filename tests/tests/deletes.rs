@@ -34,21 +34,12 @@ async fn held(
     pool: &sqlx::MySqlPool,
     pipeline: &str,
 ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT order_id, status FROM `{pipeline}_orders`"
-    )))
-    .fetch_all(pool)
+    statuses(
+        pool,
+        &format!("{pipeline}_orders"),
+        &format!("{pipeline}_events"),
+    )
     .await
-    .unwrap();
-    let docs = documents(&format!("{pipeline}_events"))
-        .await
-        .iter()
-        .map(|d| {
-            let status = d.get_document("event").unwrap().get_str("status").unwrap();
-            (d.get_str("_id").unwrap().to_string(), status.to_string())
-        })
-        .collect();
-    (rows.into_iter().collect(), docs)
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -56,11 +47,6 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn run_until_drained(config: &Path) {
-    let (ok, stdout, stderr) = sluice_cli(&["run", "--until-drained"], config);
-    assert!(ok, "sluice run --until-drained failed:\n{stdout}\n{stderr}");
 }
 
 /// The latest ledger run of `pipeline`: (rows written, keys deleted) per output.

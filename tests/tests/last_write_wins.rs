@@ -25,7 +25,6 @@
 use serde_json::{Value, json};
 use sluice_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Keys two sinks could confuse if either compared loosely: a trailing
@@ -42,39 +41,6 @@ fn keyed(events: &[Value]) -> Vec<(String, String)> {
         .iter()
         .map(|e| (e["id"].as_str().unwrap().to_string(), e.to_string()))
         .collect()
-}
-
-/// `sluice run --until-drained`, as a user would: must exit 0.
-fn run_until_drained(config: &Path) -> String {
-    let (ok, stdout, stderr) = sluice_cli(&["run", "--until-drained"], config);
-    assert!(ok, "sluice run --until-drained failed:\n{stdout}\n{stderr}");
-    stderr
-}
-
-/// Status per order id in the orders table and the events collection.
-async fn statuses(
-    pool: &sqlx::MySqlPool,
-    table: &str,
-    collection: &str,
-) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
-    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT order_id, status FROM `{table}`"
-    )))
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let docs = documents(collection)
-        .await
-        .iter()
-        .map(|d| {
-            let event = d.get_document("event").unwrap();
-            (
-                d.get_str("_id").unwrap().to_string(),
-                event.get_str("status").unwrap().to_string(),
-            )
-        })
-        .collect();
-    (rows.into_iter().collect(), docs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,6 +268,13 @@ async fn document_declaration_changes_add_indexes_or_are_refused_on_ferretdb() {
     assert_eq!(documents(&collection).await.len(), 1, "the document stays");
 }
 
+/// Fails naming the first of `parts` that `text` does not contain.
+fn assert_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "expected '{part}' in:\n{text}");
+    }
+}
+
 fn replace_field(decl: &Output, name: &str, ty: Type, nullable: bool) -> Output {
     let mut new = decl.clone();
     let field = new.fields.iter_mut().find(|f| f.name == name).unwrap();
@@ -359,13 +366,14 @@ async fn hot_reload_adds_a_column_and_an_index_to_a_large_table_while_events_flo
     .await;
     let refusal = registry.rejections().join("\n");
     println!("refused: {refusal}");
-    for part in [
-        "orders.wasm (orders 3.0.0-narrow): schema change refused",
-        "output 'orders'",
-        "field 'customer': the column is varchar(128) and the new declaration says text(16)",
-    ] {
-        assert!(refusal.contains(part), "expected '{part}' in: {refusal}");
-    }
+    assert_contains(
+        &refusal,
+        &[
+            "orders.wasm (orders 3.0.0-narrow): schema change refused",
+            "output 'orders'",
+            "field 'customer': the column is varchar(128) and the new declaration says text(16)",
+        ],
+    );
     assert_eq!(registry.current("orders").unwrap().hash, v1_hash);
 
     // v3 adds `channel` and `by_channel` while events keep flowing.
@@ -479,16 +487,17 @@ async fn schema_plan_prints_the_statements_or_the_refusal_and_changes_nothing() 
     let v3 = variant_wasm("orders", Some("v3"));
     let (ok, out, err) = sluice_cli(&["schema", "plan", v3.to_str().unwrap()], &config);
     assert!(ok, "{out}{err}");
-    for part in [
-        "orders 3.0.0",
-        &format!("{table}: add column `channel` text(32)"),
-        &format!("ALTER TABLE `{table}` ADD COLUMN `channel` VARCHAR(32) NULL"),
-        &format!("ALTER TABLE `{table}` ADD INDEX `by_channel` (`channel`)"),
-        &format!("{collection}: up to date"),
-        "2 change(s) would run",
-    ] {
-        assert!(out.contains(part), "expected '{part}' in:\n{out}");
-    }
+    assert_contains(
+        &out,
+        &[
+            "orders 3.0.0",
+            &format!("{table}: add column `channel` text(32)"),
+            &format!("ALTER TABLE `{table}` ADD COLUMN `channel` VARCHAR(32) NULL"),
+            &format!("ALTER TABLE `{table}` ADD INDEX `by_channel` (`channel`)"),
+            &format!("{collection}: up to date"),
+            "2 change(s) would run",
+        ],
+    );
 
     let narrow = variant_wasm("orders", Some("narrow"));
     let (ok, out, err) = sluice_cli(&["schema", "plan", narrow.to_str().unwrap()], &config);
@@ -509,14 +518,15 @@ async fn schema_plan_prints_the_statements_or_the_refusal_and_changes_nothing() 
     let (ok, out, err) = sluice_cli(&["schema", "explain", "orders"], &config);
     assert!(ok, "{err}");
     println!("{out}");
-    for part in [
-        &format!("table `{table}`: about 0 rows, 5 columns"),
-        "primary key (order_id)",
-        "index by_customer (customer)",
-        "not partitioned",
-    ] {
-        assert!(out.contains(part), "expected '{part}' in:\n{out}");
-    }
+    assert_contains(
+        &out,
+        &[
+            &format!("table `{table}`: about 0 rows, 5 columns"),
+            "primary key (order_id)",
+            "index by_customer (customer)",
+            "not partitioned",
+        ],
+    );
     let (ok, out, err) = sluice_cli(&["schema", "explain"], &config);
     assert!(ok, "{err}");
     assert!(
@@ -646,14 +656,15 @@ async fn a_host_whose_plugin_the_table_cannot_take_does_not_start_and_says_why()
         Ok(_) => panic!("the host started with a plugin its table cannot take"),
         Err(e) => format!("{e:#}"),
     };
-    for part in [
-        &format!("pipeline '{pipeline}'"),
-        "orders.wasm (orders 3.0.0-narrow)",
-        "output 'orders' (sink 'mysql')",
-        "field 'customer': the column is varchar(128) and the new declaration says text(16)",
-    ] {
-        assert!(error.contains(part), "expected '{part}' in: {error}");
-    }
+    assert_contains(
+        &error,
+        &[
+            &format!("pipeline '{pipeline}'"),
+            "orders.wasm (orders 3.0.0-narrow)",
+            "output 'orders' (sink 'mysql')",
+            "field 'customer': the column is varchar(128) and the new declaration says text(16)",
+        ],
+    );
     assert_eq!(show_create(&pool, &table).await, before);
 }
 
@@ -708,14 +719,15 @@ async fn a_version_the_table_no_longer_takes_when_it_would_serve_is_quarantined_
     .await;
     let paused = stats.paused.lock().unwrap().clone().unwrap();
     println!("paused: {paused}");
-    for part in [
-        "quarantined",
-        "output 'orders' (sink 'mysql')",
-        "field 'channel': the column is int",
-        "the new declaration says text(32)",
-    ] {
-        assert!(paused.contains(part), "expected '{part}' in: {paused}");
-    }
+    assert_contains(
+        &paused,
+        &[
+            "quarantined",
+            "output 'orders' (sink 'mysql')",
+            "field 'channel': the column is int",
+            "the new declaration says text(32)",
+        ],
+    );
     let consumed = stats.snapshot().records_in;
     produce(&p, &topic, &events(200..300)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
