@@ -2,7 +2,7 @@
 
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/sluice.wit",
         world: "transform",
         pub_export_macro: true,
         export_macro_name: "export_transform",
@@ -15,7 +15,7 @@ pub use bindings::export_transform;
 use bindings::sluice::plugin::types as wit;
 pub use bindings::sluice::plugin::types::PluginInfo;
 
-use crate::schema::{OutputKind, Plugin, Type};
+use crate::schema::{OutputKind, Partitioning, Plugin, Type};
 
 pub fn plugin_info(p: Plugin) -> PluginInfo {
     PluginInfo {
@@ -49,8 +49,20 @@ pub fn plugin_info(p: Plugin) -> PluginInfo {
                         unique: i.unique,
                     })
                     .collect(),
+                partitioning: o.partitioning.map(partitioning),
+                shard_key: o.shard_key,
             })
             .collect(),
+    }
+}
+
+fn partitioning(p: Partitioning) -> wit::Partitioning {
+    match p {
+        Partitioning::ByDay(field) => wit::Partitioning::ByDay(field),
+        Partitioning::ByMonth(field) => wit::Partitioning::ByMonth(field),
+        Partitioning::ByHash { field, partitions } => {
+            wit::Partitioning::ByHash(wit::HashPartitioning { field, partitions })
+        }
     }
 }
 

@@ -90,6 +90,42 @@ pub struct Index {
     pub unique: bool,
 }
 
+/// How a table is split into partitions: by the day or month of a
+/// timestamp (old ones can then be dropped whole), or by a hash of a key
+/// into a fixed number of partitions (spreads writes and locks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitioning {
+    ByDay(String),
+    ByMonth(String),
+    ByHash { field: String, partitions: u16 },
+}
+
+impl Partitioning {
+    /// The field that decides a row's partition.
+    pub fn field(&self) -> &str {
+        match self {
+            Partitioning::ByDay(f) | Partitioning::ByMonth(f) => f,
+            Partitioning::ByHash { field, .. } => field,
+        }
+    }
+}
+
+/// As the SDK spells it: `by day of ts`, `by hash of id into 8`.
+impl std::fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partitioning::ByDay(field) => write!(f, "by day of {field}"),
+            Partitioning::ByMonth(field) => write!(f, "by month of {field}"),
+            Partitioning::ByHash { field, partitions } => {
+                write!(f, "by hash of {field} into {partitions}")
+            }
+        }
+    }
+}
+
+/// The most hash partitions a table may declare.
+pub const MAX_HASH_PARTITIONS: u16 = 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     pub name: String,
@@ -97,6 +133,10 @@ pub struct Output {
     pub fields: Vec<Field>,
     pub primary_key: Vec<String>,
     pub indexes: Vec<Index>,
+    /// Tables only: how the table is partitioned, if it is.
+    pub partitioning: Option<Partitioning>,
+    /// Documents only: the fields a sharded cluster spreads documents by.
+    pub shard_key: Vec<String>,
 }
 
 impl Output {
@@ -115,6 +155,8 @@ impl Output {
             fields: vec![],
             primary_key: vec![],
             indexes: vec![],
+            partitioning: None,
+            shard_key: vec![],
         }
     }
 
@@ -158,6 +200,34 @@ impl Output {
             fields,
             unique,
         });
+        self
+    }
+
+    /// A table partitioned by the day of a timestamp field: one partition
+    /// per day, created ahead of time, droppable after a retention period.
+    pub fn partition_by_day(mut self, field: &str) -> Self {
+        self.partitioning = Some(Partitioning::ByDay(field.into()));
+        self
+    }
+
+    /// A table partitioned by the month of a timestamp field.
+    pub fn partition_by_month(mut self, field: &str) -> Self {
+        self.partitioning = Some(Partitioning::ByMonth(field.into()));
+        self
+    }
+
+    /// A table spread over `partitions` partitions by a hash of `field`.
+    pub fn partition_by_hash(mut self, field: &str, partitions: u16) -> Self {
+        self.partitioning = Some(Partitioning::ByHash {
+            field: field.into(),
+            partitions,
+        });
+        self
+    }
+
+    /// The shard key of a document output (used by sharded clusters).
+    pub fn shard_key<const N: usize>(mut self, fields: [&str; N]) -> Self {
+        self.shard_key = fields.iter().map(|f| f.to_string()).collect();
         self
     }
 
@@ -266,6 +336,83 @@ impl Output {
             check_identifier("index name", &i.name)?;
             if i.fields.is_empty() || !index_names.insert(i.name.as_str()) {
                 return Err(format!("index '{}' is empty or declared twice", i.name));
+            }
+        }
+        self.validate_partitioning()?;
+        self.validate_shard_key()
+    }
+
+    fn validate_partitioning(&self) -> Result<(), String> {
+        let Some(partitioning) = &self.partitioning else {
+            return Ok(());
+        };
+        let name = partitioning.field();
+        if self.kind != OutputKind::Table {
+            return Err(format!(
+                "partitioning {partitioning}: only tables are partitioned; a document output may declare a shard key"
+            ));
+        }
+        let field = self
+            .get_field(name)
+            .ok_or_else(|| format!("partitioning names undeclared field '{name}'"))?;
+        if field.nullable {
+            return Err(format!(
+                "partitioning field '{name}' cannot be optional: every row needs a partition"
+            ));
+        }
+        match partitioning {
+            Partitioning::ByDay(_) | Partitioning::ByMonth(_) if field.ty != Type::Timestamp => {
+                return Err(format!(
+                    "partitioning {partitioning}: field '{name}' is {}, partitions by day or month need a timestamp",
+                    field.ty
+                ));
+            }
+            Partitioning::ByHash { partitions, .. }
+                if !(2..=MAX_HASH_PARTITIONS).contains(partitions) =>
+            {
+                return Err(format!(
+                    "partitioning {partitioning}: the number of partitions must be 2..={MAX_HASH_PARTITIONS}"
+                ));
+            }
+            _ => {}
+        }
+        // MySQL and MariaDB enforce unique keys per partition only, so every
+        // unique key must contain the column that picks the partition.
+        let unique_keys = std::iter::once(("primary key", &self.primary_key)).chain(
+            self.indexes
+                .iter()
+                .filter(|i| i.unique)
+                .map(|i| (i.name.as_str(), &i.fields)),
+        );
+        for (key, fields) in unique_keys {
+            if !fields.iter().any(|f| f == name) {
+                return Err(format!(
+                    "partitioning {partitioning}: {} ({}) must include '{name}', because a unique key is only checked within one partition; add '{name}' to it or partition by one of its fields",
+                    if key == "primary key" {
+                        "the primary key".to_string()
+                    } else {
+                        format!("unique index '{key}'")
+                    },
+                    fields.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_shard_key(&self) -> Result<(), String> {
+        if self.shard_key.is_empty() {
+            return Ok(());
+        }
+        if self.kind != OutputKind::Document {
+            return Err("a shard key is for document outputs; partition a table instead".into());
+        }
+        for name in &self.shard_key {
+            let field = self
+                .get_field(name)
+                .ok_or_else(|| format!("shard key names undeclared field '{name}'"))?;
+            if let Some(why) = field.ty.why_not_a_key() {
+                return Err(format!("shard key field '{name}': {why}"));
             }
         }
         Ok(())
@@ -607,5 +754,70 @@ mod tests {
         let bad_name = Plugin::new("p", "1").output(Output::document("drop table;"));
         assert!(bad_name.validate().unwrap_err().contains("must match"));
         assert!(Plugin::new("p", "1").output(orders()).validate().is_ok());
+    }
+
+    fn events() -> Output {
+        Output::table("events")
+            .field("id", Type::Integer)
+            .field("at", Type::Timestamp)
+            .optional("seen", Type::Timestamp)
+            .field("name", Type::text(16))
+            .primary_key(["id", "at"])
+    }
+
+    #[test]
+    fn partitioning_is_checked_against_keys_and_types() {
+        let check = |o: Output| Plugin::new("p", "1").output(o).validate();
+        assert_eq!(check(events().partition_by_day("at")), Ok(()));
+        assert_eq!(check(events().partition_by_month("at")), Ok(()));
+        assert_eq!(check(events().partition_by_hash("id", 8)), Ok(()));
+        let refused = [
+            (
+                events().partition_by_day("id"),
+                "field 'id' is integer, partitions by day or month need a timestamp",
+            ),
+            (
+                events().partition_by_day("seen"),
+                "field 'seen' cannot be optional",
+            ),
+            (
+                events().partition_by_hash("name", 4),
+                "the primary key (id, at) must include 'name'",
+            ),
+            (
+                events()
+                    .unique_index("by_name", ["name"])
+                    .partition_by_hash("id", 4),
+                "unique index 'by_name' (name) must include 'id'",
+            ),
+            (
+                events().partition_by_hash("id", 1),
+                "the number of partitions must be 2..=1024",
+            ),
+            (
+                events().partition_by_month("nope"),
+                "undeclared field 'nope'",
+            ),
+            (
+                Output::document("d")
+                    .field("at", Type::Timestamp)
+                    .partition_by_day("at"),
+                "only tables are partitioned",
+            ),
+            (
+                events().shard_key(["id"]),
+                "a shard key is for document outputs",
+            ),
+            (
+                Output::document("d")
+                    .field("f", Type::Float)
+                    .shard_key(["f"]),
+                "shard key field 'f': a float cannot be a key",
+            ),
+        ];
+        for (output, want) in refused {
+            let err = check(output).unwrap_err();
+            assert!(err.contains(want), "{err} should contain {want}");
+        }
     }
 }

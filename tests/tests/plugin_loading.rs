@@ -91,3 +91,69 @@ fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
     timed();
     assert!(std::fs::read(&entries[0]).unwrap().len() > 1000);
 }
+
+/// A plugin built against the frozen `sluice:plugin@0.1.0` WIT (no
+/// partitioning or shard key in its declarations, packed results of
+/// version 1), from `plugins/legacy_v0_1`, loads unchanged in this host
+/// and writes through Kafka into MariaDB like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_contract_0_1_0_loads_and_writes() {
+    let legacy = plugin_wasm("legacy_v0_1", false);
+    let dir = plugins_dir(&[("legacy_v0_1", &legacy)]);
+    let topic = unique("legacy");
+    create_topic(&topic, 1).await;
+    let pipeline = unique("legacy");
+    let table = format!("{pipeline}_events");
+    let routes = format!("routes.legacy_events = {{ sink = \"mysql\", name = \"{table}\" }}");
+    let config = write_config(
+        &dir,
+        &(host_toml(&dir, "") + &pipeline_toml(&pipeline, "legacy_v0_1", &topic, &routes)),
+    );
+
+    let parsed = Config::load(&config).unwrap();
+    let registry = sluice::Host::load_plugins(&parsed).unwrap();
+    let version = registry.current("legacy_v0_1").unwrap();
+    assert_eq!(version.contract(), "0.1.0");
+    assert_eq!(sluice::runtime::CONTRACT, "0.2.0");
+    let decl = version.info.get_output("legacy_events").unwrap();
+    assert_eq!(
+        (decl.partitioning.as_ref(), decl.shard_key.len()),
+        (None, 0)
+    );
+    // The examples, built with today's SDK, are on the current contract.
+    let orders = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
+    let toml = config_toml(&orders, "p", "orders", "t", "");
+    let registry = sluice::Host::load_plugins(&Config::parse(&toml, Path::new("t")).unwrap());
+    assert_eq!(
+        registry.unwrap().current("orders").unwrap().contract(),
+        "0.2.0"
+    );
+
+    let events: Vec<(String, Option<String>)> = vec![
+        ("a".into(), Some("first".into())),
+        ("b".into(), Some("second \"quoted\"".into())),
+        ("a".into(), Some("first, again".into())),
+        ("c".into(), None),
+    ];
+    produce_at(&producer(), &topic, &events).await;
+    run_until_drained(&config);
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, body FROM `{table}` ORDER BY id"
+    )))
+    .fetch_all(&mysql().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("a".to_string(), "first, again".to_string()),
+            ("b".to_string(), "second \"quoted\"".to_string())
+        ]
+    );
+    let letters = documents(&format!("{pipeline}_dead_letters")).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].get_str("reason").unwrap(),
+        "a record without a value"
+    );
+}

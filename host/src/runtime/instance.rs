@@ -1,6 +1,6 @@
 //! A live instance of a plugin version, with limits applied to every call.
 
-use super::bindings::Transform;
+use super::bindings::Exports;
 use super::call::{CallError, Limits, with_deadline};
 use super::engine::State;
 use super::plugin::PluginVersion;
@@ -11,7 +11,7 @@ use wasmtime::Store;
 pub struct Instance {
     pub version: Arc<PluginVersion>,
     store: Store<State>,
-    bindings: Transform,
+    bindings: Exports,
     limits: Limits,
 }
 

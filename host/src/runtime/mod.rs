@@ -1,6 +1,7 @@
 //! The WebAssembly side: engine and limits, plugin versions, the registry of
 //! what is currently loaded, and the folder watcher that hot-reloads.
 
+mod bindings;
 mod call;
 mod engine;
 mod instance;
@@ -9,14 +10,10 @@ mod registry;
 mod wasi;
 mod watcher;
 
+pub use bindings::CONTRACT;
 pub use call::{CallError, Limits};
 pub use engine::Runtime;
 pub use instance::{Instance, call_once};
 pub use plugin::{LoadError, PluginVersion, short_hash};
 pub use registry::{Admission, AdmitAll, Registry, Unavailable};
 pub use watcher::watch;
-
-/// Generated host bindings for `wit/sluice.wit`.
-mod bindings {
-    wasmtime::component::bindgen!({ path: "../wit", world: "transform" });
-}

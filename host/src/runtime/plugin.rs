@@ -1,9 +1,9 @@
 //! A plugin version: one `.wasm` file compiled, checked and described.
 
-use super::bindings::{Transform, TransformPre, sluice::plugin::types as wit};
+use super::bindings::{Exports, Pre};
 use super::engine::{Runtime, State};
 use sha2::{Digest, Sha256};
-use sluice_plugin_sdk::schema::{Field, Index, Output, OutputKind, Plugin, Type};
+use sluice_plugin_sdk::schema::Plugin;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,7 +51,7 @@ pub struct PluginVersion {
     /// SHA-256 of the file, hex: identifies the version everywhere.
     pub hash: String,
     pub info: Plugin,
-    pub(super) pre: TransformPre<State>,
+    pub(super) pre: Pre,
     pub(super) runtime: Runtime,
     /// When the file change that produced this version was first seen.
     pub detected_at: Instant,
@@ -81,6 +81,12 @@ pub fn short_hash(hash: &str) -> &str {
 impl PluginVersion {
     pub fn short_hash(&self) -> &str {
         short_hash(&self.hash)
+    }
+
+    /// The `sluice:plugin` contract version the component was built
+    /// against (the host loads every version in `wit/`).
+    pub fn contract(&self) -> &'static str {
+        self.pre.contract()
     }
 
     /// Reads a plugin file, refusing one over `MAX_PLUGIN_BYTES` unread.
@@ -121,7 +127,7 @@ impl PluginVersion {
         let pre = runtime
             .linker
             .instantiate_pre(&component)
-            .and_then(TransformPre::new)
+            .and_then(Pre::new)
             .map_err(|e| LoadError::Instantiate {
                 path: p(),
                 reason: format!("{e:#}"),
@@ -155,11 +161,6 @@ impl PluginVersion {
                 path: p(),
                 reason: e.to_string(),
             })?;
-        let info = from_wit(info).map_err(|reason| LoadError::Schema {
-            path: p(),
-            name: version.name.clone(),
-            reason,
-        })?;
         info.validate().map_err(|reason| LoadError::Schema {
             path: p(),
             name: info.name.clone(),
@@ -188,7 +189,7 @@ impl PluginVersion {
     pub(super) fn instantiate(
         &self,
         limits: &super::Limits,
-    ) -> wasmtime::Result<(wasmtime::Store<State>, Transform)> {
+    ) -> wasmtime::Result<(wasmtime::Store<State>, Exports)> {
         let output = super::wasi::Output::default();
         let state = State {
             wasi: super::wasi::context(&limits.grants, &output)?,
@@ -206,58 +207,5 @@ impl PluginVersion {
         store.set_epoch_deadline(u64::MAX / 2);
         let bindings = self.pre.instantiate(&mut store)?;
         Ok((store, bindings))
-    }
-}
-
-fn from_wit(info: wit::PluginInfo) -> Result<Plugin, String> {
-    let outputs = info
-        .outputs
-        .into_iter()
-        .map(|o| Output {
-            name: o.name,
-            kind: match o.kind {
-                wit::OutputKind::Document => OutputKind::Document,
-                wit::OutputKind::Table => OutputKind::Table,
-            },
-            fields: o
-                .fields
-                .into_iter()
-                .map(|f| Field {
-                    name: f.name,
-                    ty: field_type(f.type_),
-                    nullable: f.nullable,
-                })
-                .collect(),
-            primary_key: o.primary_key,
-            indexes: o
-                .indexes
-                .into_iter()
-                .map(|i| Index {
-                    name: i.name,
-                    fields: i.fields,
-                    unique: i.unique,
-                })
-                .collect(),
-        })
-        .collect();
-    Ok(Plugin {
-        name: info.name,
-        version: info.version,
-        outputs,
-    })
-}
-
-fn field_type(t: wit::FieldType) -> Type {
-    match t {
-        wit::FieldType::Text(n) => Type::Text(n),
-        wit::FieldType::Integer => Type::Integer,
-        wit::FieldType::Float => Type::Float,
-        wit::FieldType::Boolean => Type::Boolean,
-        wit::FieldType::Decimal(d) => Type::Decimal {
-            precision: d.precision,
-            scale: d.scale,
-        },
-        wit::FieldType::Timestamp => Type::Timestamp,
-        wit::FieldType::Json => Type::Json,
     }
 }

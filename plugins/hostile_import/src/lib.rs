@@ -36,10 +36,10 @@ impl Transform for HostileImport {
 #[cfg(target_arch = "wasm32")]
 mod bindings {
     wit_bindgen::generate!({
-        path: ["../../wit", "wit"],
+        path: ["../../wit/sluice.wit", "wit"],
         world: "sluice:evil/hostile-import",
         with: {
-            "sluice:plugin/types@0.1.0": sluice_plugin_sdk::guest::bindings::sluice::plugin::types,
+            "sluice:plugin/types@0.2.0": sluice_plugin_sdk::guest::bindings::sluice::plugin::types,
         },
     });
 
