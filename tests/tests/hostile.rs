@@ -157,6 +157,10 @@ fn describe_time_misbehaviour_and_foreign_imports_are_refused_with_file_and_reas
         ("describe-dup-field", "twice"),
         ("describe-bad-name", "rows; DROP TABLE x"),
         (
+            "describe-bad-partition",
+            "declares an invalid schema: output 'rows': partitioning by hash of n into 4: the primary key (id) must include 'n'",
+        ),
+        (
             "import",
             "cannot instantiate (imports something the host does not provide?)",
         ),

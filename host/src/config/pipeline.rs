@@ -247,6 +247,13 @@ pub struct RouteConfig {
     pub sink: String,
     /// Table or collection; default: the output's name.
     pub name: Option<String>,
+    /// For a table the plugin partitions by day or month: drop whole
+    /// partitions once all their rows are older than this (e.g. "90d").
+    /// Checked at start and hourly; each drop is logged and recorded in
+    /// the ledger. Default: keep everything.
+    #[serde(default, with = "duration::option")]
+    #[schemars(with = "Option<duration::Text>")]
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

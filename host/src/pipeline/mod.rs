@@ -27,12 +27,17 @@ use crate::canary::Shadow;
 use crate::config::{Config, OffsetStore, PipelineConfig};
 use crate::ledger::{Ledger, PluginRef};
 use crate::model::{Offsets, Partition};
-use crate::router::Routes;
+use crate::router::{Route, Routes};
 use crate::runtime::{Instance, Limits, PluginVersion, Registry};
 use crate::sink::{Sink, SinkError, Sinks};
 use crate::source::KafkaSource;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// How often a pipeline whose tables are partitioned by day or month
+/// prepares them again: partitions ahead, retention.
+const PARTITION_CARE_EVERY: Duration = Duration::from_secs(3600);
 pub use writer::OnSinkError;
 
 pub struct Pipeline {
@@ -43,7 +48,8 @@ pub struct Pipeline {
     limits: Limits,
     instance: Option<Instance>,
     /// Routes resolved and prepared for the plugin version with this hash.
-    routes: Option<(String, Arc<Routes>)>,
+    /// The version hash they are for, and when they were last prepared.
+    routes: Option<(String, Arc<Routes>, Instant)>,
     pub stats: Arc<Stats>,
     /// Batches in a row whose whole-batch call failed.
     failing_batches: u32,
@@ -192,15 +198,19 @@ impl Pipeline {
     }
 
     /// `prepare`, retrying sink errors as `on_error` says; `None` if the
-    /// host shut down meanwhile.
+    /// host shut down meanwhile. Routes to tables partitioned by day or
+    /// month are prepared again every `PARTITION_CARE_EVERY`, which adds
+    /// the periods ahead and applies the retention.
     async fn prepare_routes(
         &mut self,
         version: &PluginVersion,
         shutdown: &mut watch::Receiver<bool>,
         on_error: OnSinkError,
     ) -> anyhow::Result<Option<Arc<Routes>>> {
-        if let Some((hash, routes)) = &self.routes
+        if let Some((hash, routes, prepared_at)) = &self.routes
             && *hash == version.hash
+            && !(routes.all().any(Route::has_dated_partitions)
+                && prepared_at.elapsed() >= PARTITION_CARE_EVERY)
         {
             return Ok(Some(routes.clone()));
         }
@@ -227,7 +237,7 @@ impl Pipeline {
         {
             tracing::warn!(pipeline = %self.config.name, "schema changes applied but not recorded in the ledger: {e:#}");
         }
-        self.routes = Some((version.hash.clone(), routes.clone()));
+        self.routes = Some((version.hash.clone(), routes.clone(), Instant::now()));
         Ok(Some(routes))
     }
 

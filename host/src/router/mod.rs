@@ -8,7 +8,7 @@ use crate::runtime::PluginVersion;
 use crate::sink::{Sink, SinkError, Sinks};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::abi::{BatchResult, Op, Record};
-use sluice_plugin_sdk::schema::{Output, OutputKind, Plugin};
+use sluice_plugin_sdk::schema::{Output, OutputKind, Partitioning, Plugin};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -27,16 +27,32 @@ pub struct Route {
     /// Table or collection name.
     pub target: String,
     pub decl: Output,
+    /// Partitions whose rows are all older than this are dropped.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Route {
-    /// Creates or migrates the table or collection; a refusal names the
-    /// output and the sink.
+    /// Creates or migrates the table or collection, then applies the
+    /// retention; a refusal names the output and the sink.
     pub async fn prepare(&self) -> Result<Vec<Applied>, SinkError> {
-        self.sink
+        let mut applied = self
+            .sink
             .prepare(&self.target, &self.decl)
             .await
-            .map_err(|e| self.explain(e))
+            .map_err(|e| self.explain(e))?;
+        if let Some(retention) = self.retention {
+            let before = (chrono::Utc::now() - retention).date_naive();
+            applied.extend(self.sink.expire(&self.target, &self.decl, before).await?);
+        }
+        Ok(applied)
+    }
+
+    /// Partitions that need periodic care: periods ahead, retention.
+    pub fn has_dated_partitions(&self) -> bool {
+        matches!(
+            self.decl.partitioning,
+            Some(Partitioning::ByDay(_) | Partitioning::ByMonth(_))
+        )
     }
 
     /// What `prepare` would do, changing nothing.
@@ -100,7 +116,14 @@ impl Routes {
         }
         let mut outputs = BTreeMap::new();
         for decl in &info.outputs {
-            let (sink_name, target) = match pipeline.routes.get(&decl.name) {
+            let route = pipeline.routes.get(&decl.name);
+            let retention = route.and_then(|r| r.retention);
+            if let Some(retention) = retention {
+                check_retention(decl, retention).map_err(|e| {
+                    format!("{}: {e}", key(&format!("routes.{}.retention", decl.name)))
+                })?;
+            }
+            let (sink_name, target) = match route {
                 Some(r) => (
                     r.sink.clone(),
                     r.name.clone().unwrap_or_else(|| decl.name.clone()),
@@ -127,6 +150,7 @@ impl Routes {
                     sink,
                     target,
                     decl: decl.clone(),
+                    retention,
                 },
             );
         }
@@ -136,6 +160,7 @@ impl Routes {
             sink_name: dl_sink,
             target: dl_target,
             decl: dead_letter_decl(),
+            retention: None,
         };
         if pipeline.offsets == OffsetStore::Sink
             && let Some((output, route)) = outputs
@@ -170,6 +195,33 @@ impl Routes {
     pub fn all(&self) -> impl Iterator<Item = &Route> {
         self.outputs.values().chain([&self.dead_letter])
     }
+}
+
+/// A retention needs whole periods to drop: a table partitioned by day
+/// (at least a day) or by month (at least a month).
+fn check_retention(decl: &Output, retention: std::time::Duration) -> Result<(), String> {
+    const DAY: u64 = 24 * 3600;
+    let (least, period) = match &decl.partitioning {
+        Some(Partitioning::ByDay(_)) => (DAY, "a day"),
+        Some(Partitioning::ByMonth(_)) => (31 * DAY, "a month (31 days)"),
+        other => {
+            let how = other.as_ref().map_or("not partitioned".to_string(), |p| {
+                format!("partitioned {p}")
+            });
+            return Err(format!(
+                "output '{}' is {how}; a retention drops whole partitions, so it needs a plugin that declares `.partition_by_day(…)` or `.partition_by_month(…)`",
+                decl.name
+            ));
+        }
+    };
+    if retention.as_secs() < least {
+        return Err(format!(
+            "{} is shorter than {period}, the partitions of output '{}'",
+            humantime::format_duration(retention),
+            decl.name
+        ));
+    }
+    Ok(())
 }
 
 /// A batch's writes, grouped by output, plus its dead letters.

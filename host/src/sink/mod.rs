@@ -55,6 +55,18 @@ pub trait Sink: DeadLetterStore + Send + Sync {
         migrate(self, target, decl).await
     }
 
+    /// Drops the whole partitions of `target` (a table partitioned by day
+    /// or month) whose rows are all older than `before`: a retention. What
+    /// it dropped; sinks without such partitions drop nothing.
+    async fn expire(
+        &self,
+        _target: &str,
+        _decl: &Output,
+        _before: chrono::NaiveDate,
+    ) -> Result<Vec<Applied>, SinkError> {
+        Ok(vec![])
+    }
+
     /// Upserts `rows` into `target` on the declared key: each row replaces
     /// whatever the key held. Rows carry distinct keys (the router keeps
     /// the last version of each, see `router::Routed`). Either all rows
@@ -139,6 +151,9 @@ pub async fn migrate<S: Sink + ?Sized>(
     let mut applied = Vec::new();
     for attempt in 1..=TRIES {
         let plan = sink.plan(target, decl).await?;
+        if attempt == 1 {
+            log_notes_once(&plan);
+        }
         if !plan.refusals.is_empty() {
             return Err(SinkError::Incompatible(format!(
                 "{}: {}",
@@ -149,11 +164,7 @@ pub async fn migrate<S: Sink + ?Sized>(
         if plan.steps.is_empty() {
             break;
         }
-        if attempt == 1 {
-            for note in &plan.notes {
-                tracing::info!(target, "schema: {note}");
-            }
-        }
+
         match sink.apply(&plan).await {
             Ok(done) => {
                 applied.extend(done);
@@ -164,6 +175,19 @@ pub async fn migrate<S: Sink + ?Sized>(
         }
     }
     Ok(applied)
+}
+
+/// Logs each note of a plan once per process: the same plan comes back at
+/// every reload and partition care, and its notes do not change.
+fn log_notes_once(plan: &Plan) {
+    static LOGGED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    for note in &plan.notes {
+        if logged.insert(format!("{}: {note}", plan.target)) {
+            tracing::info!(target = %plan.target, "schema: {note}");
+        }
+    }
 }
 
 /// Every configured sink, by name.

@@ -45,7 +45,9 @@
 //! - `describe-dup-field`: table `rows` declares field `id` twice;
 //! - `describe-bad-name`: an extra table output named `rows; DROP TABLE x`;
 //! - `describe-lie`: declares only `events`, but every record is emitted
-//!   (only) to the undeclared output `secret` as `{id, value}`.
+//!   (only) to the undeclared output `secret` as `{id, value}`;
+//! - `describe-bad-partition`: table `rows` is partitioned by a hash of
+//!   `n`, which its primary key (`id`) does not include.
 
 use sluice_plugin_sdk::prelude::*;
 use sluice_plugin_sdk::reject;
@@ -86,6 +88,11 @@ fn rows() -> Output {
     let rows = rows
         .field("n", Type::Integer)
         .field("label", Type::text(LABEL_MAX));
+    let rows = if cfg!(feature = "describe-bad-partition") {
+        rows.partition_by_hash("n", 4)
+    } else {
+        rows
+    };
     if cfg!(feature = "describe-no-pk") {
         rows
     } else {
@@ -296,7 +303,8 @@ fn random() -> String {
         feature = "describe-no-pk",
         feature = "describe-dup-field",
         feature = "describe-bad-name",
-        feature = "describe-lie"
+        feature = "describe-lie",
+        feature = "describe-bad-partition"
     ))
 ))]
 mod tests {

@@ -44,13 +44,27 @@ impl Transform for Orders {
                 .optional("channel", Type::text(32))
                 .index("by_channel", ["channel"]);
         }
-        Plugin::new("orders", version).output(orders).output(
-            Output::document("order_events")
-                .field("order_id", Type::text(64))
-                .primary_key(["order_id"])
-                .field("event", Type::Json)
-                .field("big_spender", Type::Boolean),
-        )
+        let mut events = Output::document("order_events")
+            .field("order_id", Type::text(64))
+            .primary_key(["order_id"])
+            .field("event", Type::Json)
+            .field("big_spender", Type::Boolean);
+        let plugin = Plugin::new("orders", version);
+        if !cfg!(feature = "partitioned") {
+            return plugin.output(orders).output(events);
+        }
+        // Orders spread over 8 partitions by id; one history row per event,
+        // in daily partitions of its time (old days can be dropped whole).
+        orders = orders.partition_by_hash("order_id", 8);
+        events = events.shard_key(["order_id"]);
+        let history = Output::table("order_history")
+            .field("order_id", Type::text(64))
+            .field("at", Type::Timestamp)
+            .primary_key(["order_id", "at"])
+            .optional("status", Type::text(32))
+            .field("total", Type::decimal(12, 2))
+            .partition_by_day("at");
+        plugin.output(orders).output(events).output(history)
     }
 
     fn process(record: &Record, out: &mut Emitter) -> Result<(), Error> {
@@ -95,6 +109,16 @@ impl Transform for Orders {
             "total": event.total, "created_at": event.created_at, "status": status });
         if cfg!(feature = "v3") {
             order["channel"] = json!(event.channel.unwrap_or_else(|| "web".into()));
+        }
+        if cfg!(feature = "partitioned") {
+            let at = record
+                .timestamp
+                .map_or(json!(event.created_at), |ms| json!(ms));
+            out.emit(
+                "order_history",
+                json!({ "order_id": order_id, "at": at, "status": order["status"],
+                    "total": event.total }),
+            )?;
         }
         out.emit("orders", order)?;
         out.emit(

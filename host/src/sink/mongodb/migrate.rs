@@ -41,7 +41,53 @@ pub fn command_of(text: &str) -> Option<Document> {
     }
 }
 
-pub fn plan(target: &str, decl: &Output, live: &LiveCollection) -> Plan {
+/// How the server stands on sharding the collection: not a sharded
+/// cluster (FerretDB, a replica set), or one where the collection is
+/// sharded on these fields (none: not yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sharding {
+    NotACluster,
+    Cluster { sharded_on: Option<Vec<String>> },
+}
+
+/// `shardCollection` runs on the admin database, with the full name.
+pub fn shard_command(namespace: &str, fields: &[String]) -> Document {
+    let key: Document = fields.iter().map(|f| (f.clone(), Bson::Int32(1))).collect();
+    doc! { "shardCollection": namespace, "key": key }
+}
+
+fn plan_sharding(plan: &mut Plan, decl: &Output, namespace: &str, sharding: &Sharding) {
+    if decl.shard_key.is_empty() {
+        return;
+    }
+    let wanted = decl.shard_key.join(", ");
+    match sharding {
+        Sharding::NotACluster => plan.note(format!(
+            "shard key ({wanted}) not applied: the server is not a sharded cluster (FerretDB and a single MongoDB do not shard)"
+        )),
+        Sharding::Cluster { sharded_on: None } => {
+            plan.step(
+                format!("shard the collection on ({wanted})"),
+                command_text(shard_command(namespace, &decl.shard_key)),
+            );
+        }
+        Sharding::Cluster {
+            sharded_on: Some(fields),
+        } if *fields != decl.shard_key => plan.refuse(format!(
+            "shard key: the collection is sharded on ({}), the new declaration says ({wanted}); resharding moves every document. Keep the shard key, or declare a new output (a new collection)",
+            fields.join(", ")
+        )),
+        Sharding::Cluster { .. } => {}
+    }
+}
+
+pub fn plan(
+    target: &str,
+    decl: &Output,
+    live: &LiveCollection,
+    namespace: &str,
+    sharding: &Sharding,
+) -> Plan {
     let mut plan = Plan::new(target);
     let empty = BTreeMap::new();
     let indexes = match live {
@@ -92,6 +138,7 @@ pub fn plan(target: &str, decl: &Output, live: &LiveCollection) -> Plan {
             plan.note(format!("index '{name}' is no longer declared; it stays"));
         }
     }
+    plan_sharding(&mut plan, decl, namespace, sharding);
     plan
 }
 
@@ -130,7 +177,7 @@ mod tests {
                 },
             ),
         ]));
-        let p = plan("events", &decl, &live);
+        let p = plan("events", &decl, &live, "db.events", &Sharding::NotACluster);
         let what: Vec<_> = p.steps.iter().map(|s| s.what.as_str()).collect();
         assert_eq!(what, ["add index 'by_a' on (a)"]);
         assert_eq!(
@@ -147,7 +194,35 @@ mod tests {
     #[test]
     fn a_missing_collection_is_created_first() {
         let decl = Output::document("events").field("a", Type::text(8));
-        let p = plan("events", &decl, &None);
+        let p = plan("events", &decl, &None, "db.events", &Sharding::NotACluster);
         assert_eq!(p.steps[0].statement, r#"{"create":"events"}"#);
+    }
+
+    #[test]
+    fn a_shard_key_is_applied_on_a_cluster_noted_elsewhere_and_never_changed() {
+        let decl = Output::document("events")
+            .field("a", Type::text(8))
+            .shard_key(["a"]);
+        let alone = plan("events", &decl, &None, "db.events", &Sharding::NotACluster);
+        assert_eq!(alone.steps.len(), 1, "only the create: {alone}");
+        assert!(
+            alone.notes[0]
+                .starts_with("shard key (a) not applied: the server is not a sharded cluster")
+        );
+        let cluster = |on: Option<&[&str]>| Sharding::Cluster {
+            sharded_on: on.map(|f| f.iter().map(|s| s.to_string()).collect()),
+        };
+        let fresh = plan("events", &decl, &None, "db.events", &cluster(None));
+        assert_eq!(fresh.steps[1].what, "shard the collection on (a)");
+        assert_eq!(
+            fresh.steps[1].statement,
+            r#"{"shardCollection":"db.events","key":{"a":1}}"#
+        );
+        let live: LiveCollection = Some(BTreeMap::new());
+        assert!(plan("events", &decl, &live, "db.events", &cluster(Some(&["a"]))).is_empty());
+        let other = plan("events", &decl, &live, "db.events", &cluster(Some(&["b"])));
+        assert!(other.refusals[0].starts_with(
+            "shard key: the collection is sharded on (b), the new declaration says (a)"
+        ));
     }
 }

@@ -33,6 +33,25 @@ impl MongoSink {
         })
     }
 
+    /// Whether the server is a sharded cluster (it answers `hello` through
+    /// mongos: "isdbgrid"), and if so the collection's shard key.
+    async fn sharding(&self, namespace: &str) -> Result<migrate::Sharding, SinkError> {
+        let hello = self.command(doc! { "hello": 1 }).await?;
+        if hello.get_str("msg") != Ok("isdbgrid") {
+            return Ok(migrate::Sharding::NotACluster);
+        }
+        let config = self.db.client().database("config");
+        let entry = config
+            .collection::<Document>("collections")
+            .find_one(doc! { "_id": namespace })
+            .await
+            .map_err(classify)?;
+        let sharded_on = entry
+            .and_then(|e| e.get_document("key").ok().cloned())
+            .map(|key| key.keys().cloned().collect());
+        Ok(migrate::Sharding::Cluster { sharded_on })
+    }
+
     async fn command(&self, command: Document) -> Result<Document, SinkError> {
         let reply = self.db.run_command(command).await.map_err(classify)?;
         if let Ok(errors) = reply.get_array("writeErrors")
@@ -68,7 +87,13 @@ impl Sink for MongoSink {
 
     async fn plan(&self, target: &str, decl: &Output) -> Result<Plan, SinkError> {
         let live = self.live_indexes(target).await?;
-        Ok(migrate::plan(target, decl, &live))
+        let namespace = format!("{}.{target}", self.db.name());
+        let sharding = if decl.shard_key.is_empty() {
+            migrate::Sharding::NotACluster
+        } else {
+            self.sharding(&namespace).await?
+        };
+        Ok(migrate::plan(target, decl, &live, &namespace, &sharding))
     }
 
     async fn describe(&self, target: &str) -> Result<Vec<String>, SinkError> {
@@ -91,12 +116,17 @@ impl Sink for MongoSink {
                 index.fields.join(", ")
             ));
         }
-        // A sharded cluster answers `hello` through mongos ("isdbgrid").
-        let hello = self.command(doc! { "hello": 1 }).await?;
-        lines.push(if hello.get_str("msg") == Ok("isdbgrid") {
-            "the server is a sharded cluster".into()
-        } else {
-            "not sharded (the server is not a sharded cluster)".into()
+        let namespace = format!("{}.{target}", self.db.name());
+        lines.push(match self.sharding(&namespace).await? {
+            migrate::Sharding::NotACluster => {
+                "not sharded (the server is not a sharded cluster)".into()
+            }
+            migrate::Sharding::Cluster { sharded_on: None } => {
+                "not sharded (the server is a sharded cluster)".into()
+            }
+            migrate::Sharding::Cluster {
+                sharded_on: Some(fields),
+            } => format!("sharded on ({})", fields.join(", ")),
         });
         Ok(lines)
     }
@@ -108,7 +138,13 @@ impl Sink for MongoSink {
             let command = migrate::command_of(&step.statement).ok_or_else(|| {
                 SinkError::Incompatible(format!("not a MongoDB command: {}", step.statement))
             })?;
-            match self.db.run_command(command).await {
+            // shardCollection is an admin command.
+            let on = if command.contains_key("shardCollection") {
+                self.db.client().database("admin")
+            } else {
+                self.db.clone()
+            };
+            match on.run_command(command).await {
                 Ok(_) => {}
                 // Another instance created it first.
                 Err(e) if command_code(&e) == Some(NAMESPACE_EXISTS) => {}

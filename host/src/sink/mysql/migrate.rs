@@ -6,8 +6,10 @@
 //! column on a table with rows) is refused with what to do instead.
 
 use super::ddl::{column_type, create_table, quote};
+use super::partitions::{self, LivePartition};
 use crate::model::migration::{Applied, Plan};
 use crate::sink::SinkError;
+use chrono::NaiveDate;
 use sluice_plugin_sdk::schema::Output;
 use sqlx::mysql::MySqlPool;
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ pub struct LiveTable {
     /// Secondary indexes by name.
     pub indexes: BTreeMap<String, LiveIndex>,
     pub has_rows: bool,
+    /// In order; empty if the table is not partitioned.
+    pub partitions: Vec<LivePartition>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -117,6 +121,7 @@ pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>
             .columns
             .push(column);
     }
+    table.partitions = live_partitions(pool, target).await?;
     let any_row: Option<(i32,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT 1 FROM {} LIMIT 1",
         quote(target)
@@ -125,6 +130,30 @@ pub async fn inspect(pool: &MySqlPool, target: &str) -> Result<Option<LiveTable>
     .await?;
     table.has_rows = any_row.is_some();
     Ok(Some(table))
+}
+
+/// The partitions of `target`, in order (none if it is not partitioned).
+pub async fn live_partitions(
+    pool: &MySqlPool,
+    target: &str,
+) -> Result<Vec<LivePartition>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT PARTITION_NAME, PARTITION_METHOD, PARTITION_EXPRESSION, PARTITION_DESCRIPTION \
+         FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+         AND PARTITION_NAME IS NOT NULL ORDER BY PARTITION_ORDINAL_POSITION",
+    )
+    .bind(target)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, method, expression, bound)| LivePartition {
+            name,
+            method,
+            expression: expression.replace('`', ""),
+            bound,
+        })
+        .collect())
 }
 
 /// The table for people: rows (the server's estimate), primary key,
@@ -161,9 +190,10 @@ pub async fn describe(pool: &MySqlPool, target: &str) -> Result<Vec<String>, sql
     .bind(target)
     .fetch_all(pool)
     .await?;
-    if partitions.is_empty() {
-        lines.push("not partitioned".into());
-    }
+    lines.push(match partitions::describe_live(&live.partitions) {
+        Some(how) => format!("partitioned {how}"),
+        None => "not partitioned".into(),
+    });
     for (name, method, bound, rows) in partitions {
         let bound = bound.map_or(String::new(), |b| format!(" < {b}"));
         lines.push(format!(
@@ -237,13 +267,25 @@ impl SqlType {
 const INSTANT: &[&str] = &["ALGORITHM=INSTANT", "ALGORITHM=INPLACE, LOCK=NONE"];
 const INPLACE: &[&str] = &["ALGORITHM=INPLACE, LOCK=NONE"];
 
-/// What makes `live` (None: no table yet) match `decl`.
-pub fn plan(target: &str, decl: &Output, live: Option<&LiveTable>, collation: &str) -> Plan {
+/// What makes `live` (None: no table yet) match `decl`, `today`.
+pub fn plan(
+    target: &str,
+    decl: &Output,
+    live: Option<&LiveTable>,
+    collation: &str,
+    today: NaiveDate,
+) -> Plan {
     let mut plan = Plan::new(target);
     let Some(live) = live else {
-        plan.step("create table", create_table(target, decl, collation));
+        let mut create = create_table(target, decl, collation);
+        if let Some(partitioning) = &decl.partitioning {
+            create.push('\n');
+            create.push_str(&partitions::create_clause(partitioning, today));
+        }
+        plan.step("create table", create);
         return plan;
     };
+    plan_partitions(&mut plan, decl, live, today);
     let alter = |change: String| format!("ALTER TABLE {} {change}", quote(target));
     let declared_as = |f: &sluice_plugin_sdk::schema::Field| {
         let null = if f.nullable { "" } else { " (required)" };
@@ -405,6 +447,31 @@ pub fn plan(target: &str, decl: &Output, live: Option<&LiveTable>, collation: &s
     plan
 }
 
+/// Partitioning is fixed when a table is made: a change is refused (it
+/// would rewrite every row, and a narrower range could drop some); the
+/// same range partitioning gets its periods ahead.
+fn plan_partitions(plan: &mut Plan, decl: &Output, live: &LiveTable, today: NaiveDate) {
+    let declared = decl.partitioning.as_ref().map(|p| p.to_string());
+    let existing = partitions::describe_live(&live.partitions);
+    if declared != existing {
+        let say = |how: Option<String>| {
+            how.map_or("not partitioned".into(), |h| format!("partitioned {h}"))
+        };
+        plan.refuse(format!(
+            "partitioning: the table is {}, the new declaration says {}; repartitioning rewrites every row under a lock. Keep the partitioning, or declare a new output (a new table) and backfill it",
+            say(existing),
+            say(declared)
+        ));
+        return;
+    }
+    if let Some(partitioning) = &decl.partitioning
+        && let Some((what, statement)) =
+            partitions::extend_ahead(&plan.target, partitioning, &live.partitions, today)
+    {
+        plan.step(what, statement);
+    }
+}
+
 /// The live index on `column` that a column of type `to` would not fit:
 /// InnoDB index keys hold at most 3072 bytes (utf8mb4: 4 bytes a
 /// character), and LONGTEXT cannot be indexed without a prefix.
@@ -551,7 +618,12 @@ mod tests {
                 })
                 .collect(),
             has_rows,
+            partitions: vec![],
         }
+    }
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 12, 3).unwrap()
     }
 
     fn plan_for(new: Output, has_rows: bool) -> Plan {
@@ -560,6 +632,7 @@ mod tests {
             &new,
             Some(&live(&orders(), has_rows)),
             "utf8mb4_bin",
+            today(),
         )
     }
 
@@ -570,7 +643,7 @@ mod tests {
 
     #[test]
     fn a_missing_table_is_created() {
-        let p = plan("orders", &orders(), None, "utf8mb4_bin");
+        let p = plan("orders", &orders(), None, "utf8mb4_bin", today());
         assert!(p.steps[0].statement.starts_with("CREATE TABLE"));
     }
 
@@ -675,6 +748,7 @@ mod tests {
             &orders().optional("notes", Type::Json),
             Some(&live),
             "x",
+            today(),
         );
         assert!(
             p.refusals[0].starts_with(
@@ -688,12 +762,90 @@ mod tests {
     fn an_undeclared_column_the_server_fills_is_left_alone() {
         let mut live = live(&orders().field("source", Type::text(8)), true);
         live.columns.last_mut().unwrap().filled_by_server = true;
-        let p = plan("orders", &orders(), Some(&live), "x");
+        let p = plan("orders", &orders(), Some(&live), "x", today());
         assert!(p.steps.is_empty(), "{p}");
         assert!(
             p.notes
                 .iter()
                 .any(|n| n.contains("`source` is no longer declared"))
+        );
+    }
+
+    #[test]
+    fn partitioning_is_kept_extended_or_refused() {
+        let daily = || {
+            Output::table("events")
+                .field("id", Type::Integer)
+                .field("at", Type::Timestamp)
+                .primary_key(["id", "at"])
+                .partition_by_day("at")
+        };
+        let created = plan("events", &daily(), None, "x", today());
+        assert!(
+            created.steps[0]
+                .statement
+                .contains("PARTITION BY RANGE COLUMNS (`at`)"),
+            "{created}"
+        );
+        let mut table = live(&daily(), true);
+        let clause =
+            super::partitions::create_clause(daily().partitioning.as_ref().unwrap(), today());
+        table.partitions = clause
+            .lines()
+            .filter_map(|l| {
+                let (name, bound) = l
+                    .trim()
+                    .strip_prefix("PARTITION ")?
+                    .split_once(" VALUES LESS THAN (")?;
+                Some(LivePartition {
+                    name: name.into(),
+                    method: "RANGE COLUMNS".into(),
+                    expression: "at".into(),
+                    bound: Some(bound.trim_end_matches([',', ')']).into()),
+                })
+            })
+            .collect();
+        assert!(plan("events", &daily(), Some(&table), "x", today()).is_empty());
+        let later = today() + chrono::Days::new(3);
+        let extended = plan("events", &daily(), Some(&table), "x", later);
+        assert_eq!(
+            extended.steps[0].what,
+            "add 3 partition(s) ahead, up to 2026-12-14 (by day of at)"
+        );
+        let changes = [
+            (
+                daily().partition_by_month("at"),
+                "partitioning: the table is partitioned by day of at, the new declaration says partitioned by month of at",
+            ),
+            (
+                daily().partition_by_hash("id", 4),
+                "partitioning: the table is partitioned by day of at, the new declaration says partitioned by hash of id into 4",
+            ),
+            (
+                Output {
+                    partitioning: None,
+                    ..daily()
+                },
+                "partitioning: the table is partitioned by day of at, the new declaration says not partitioned",
+            ),
+        ];
+        for (new, refusal) in changes {
+            let p = plan("events", &new, Some(&table), "x", today());
+            assert!(p.refusals[0].starts_with(refusal), "{refusal}\n{p}");
+        }
+        let plain = live(&orders(), true);
+        let p = plan(
+            "orders",
+            &orders().partition_by_hash("order_id", 8),
+            Some(&plain),
+            "x",
+            today(),
+        );
+        assert!(
+            p.refusals[0].starts_with(
+                "partitioning: the table is not partitioned, the new declaration says partitioned by hash of order_id into 8"
+            ),
+            "{p}"
         );
     }
 

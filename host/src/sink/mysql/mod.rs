@@ -6,6 +6,7 @@ mod collation;
 mod ddl;
 mod dead_letters;
 mod migrate;
+mod partitions;
 
 use super::{Sink, SinkError, SinkTransaction, Transactional};
 use crate::model::{Applied, Offsets, Partition, Plan, Row};
@@ -60,7 +61,13 @@ impl Sink for MysqlSink {
         let live = migrate::inspect(&self.pool, target)
             .await
             .map_err(classify)?;
-        Ok(migrate::plan(target, decl, live.as_ref(), exact))
+        Ok(migrate::plan(
+            target,
+            decl,
+            live.as_ref(),
+            exact,
+            chrono::Utc::now().date_naive(),
+        ))
     }
 
     async fn apply(&self, plan: &Plan) -> Result<Vec<Applied>, SinkError> {
@@ -84,6 +91,28 @@ impl Sink for MysqlSink {
         {
             tracing::warn!(table = target, "{report}");
         }
+        Ok(applied)
+    }
+
+    async fn expire(
+        &self,
+        target: &str,
+        decl: &Output,
+        before: chrono::NaiveDate,
+    ) -> Result<Vec<Applied>, SinkError> {
+        if decl.partitioning.is_none() {
+            return Ok(vec![]);
+        }
+        let live = migrate::live_partitions(&self.pool, target)
+            .await
+            .map_err(classify)?;
+        let Some((what, statement)) = partitions::drop_expired(target, &live, before) else {
+            return Ok(vec![]);
+        };
+        let mut plan = Plan::new(target);
+        plan.step(what, statement);
+        let applied = migrate::apply(&self.pool, &plan).await?;
+        tracing::warn!(table = target, "retention: {}", plan.steps[0].what);
         Ok(applied)
     }
 
