@@ -8,8 +8,10 @@
 #               same host vs alone (needs the local services)
 #   reloads     100 hot reloads during 200,000 events: p50/p99 latency, no
 #               loss or duplicates; several-MiB plugin vs small (services)
+#   partitions  writes into a plain table vs the same table partitioned by
+#               hash and by day; EXPLAIN PARTITIONS of a one-day query
 # Results are printed and written to bench/transform.txt, bench/scheduler.txt,
-# bench/isolation.txt and bench/reload.txt.
+# bench/isolation.txt, bench/reload.txt and bench/partitions.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -30,3 +32,4 @@ ORDERS_V2_WASM="$ROOT/plugins/target/v2/wasm32-wasip2/release/orders.wasm" BATCH
 cargo bench --quiet -p sluice-tests --bench scheduled_vs_continuous | tee bench/scheduler.txt
 cargo bench --quiet -p sluice-tests --bench isolation | tee bench/isolation.txt
 cargo bench --quiet -p sluice-tests --bench reloads | tee bench/reload.txt
+cargo bench --quiet -p sluice-tests --bench partitions | tee bench/partitions.txt

@@ -94,7 +94,7 @@ impl Host {
             match registry.load(&name) {
                 Ok(v) if registry.current(&name).is_some_and(|c| c.hash == v.hash) => {
                     tracing::info!(plugin = %v.name, version = %v.info.version, hash = %v.short_hash(),
-                    outputs = v.info.outputs.len(), contract = v.contract(), "plugin loaded")
+                    outputs = v.info.outputs.len(), contract = %v.contract(), "plugin loaded")
                 }
                 // Taken as a canary, or refused as rolled back: logged there.
                 Ok(_) => {}

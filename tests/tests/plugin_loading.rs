@@ -136,7 +136,12 @@ async fn a_plugin_built_against_contract_0_1_0_loads_and_writes() {
         ("c".into(), None),
     ];
     produce_at(&producer(), &topic, &events).await;
-    run_until_drained(&config);
+    let log = without_colours(&run_until_drained(&config));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("plugin loaded") && l.contains("contract=0.1.0")),
+        "{log}"
+    );
     let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, body FROM `{table}` ORDER BY id"
     )))
@@ -156,4 +161,18 @@ async fn a_plugin_built_against_contract_0_1_0_loads_and_writes() {
         letters[0].get_str("reason").unwrap(),
         "a record without a value"
     );
+}
+
+/// The log without its ANSI colour codes (`ESC [ … m`).
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
