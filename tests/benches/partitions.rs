@@ -50,6 +50,10 @@ fn row(decl: &Output, i: usize, start_ms: i64) -> Row {
     Row::upsert(json!(format!("o-{i}")), fields)
 }
 
+async fn drop_table(pool: &sqlx::MySqlPool, table: &str) {
+    timed(pool, &format!("DROP TABLE IF EXISTS `{table}`")).await;
+}
+
 /// Runs `sql` once: milliseconds.
 async fn timed(pool: &sqlx::MySqlPool, sql: &str) -> f64 {
     let started = Instant::now();
@@ -102,13 +106,7 @@ async fn main() {
         let mut line = format!("round {}:", round + 1);
         for v in order {
             let (label, decl) = &variants[v];
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP TABLE IF EXISTS `{}`",
-                decl.name
-            )))
-            .execute(&pool)
-            .await
-            .unwrap();
+            drop_table(&pool, &decl.name).await;
             sink.prepare(&decl.name, decl).await.unwrap();
             let started = Instant::now();
             for batch in data.chunks(BATCH) {
@@ -176,12 +174,6 @@ async fn main() {
         delete_plain / drop_daily
     );
     for (_, decl) in &variants {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE IF EXISTS `{}`",
-            decl.name
-        )))
-        .execute(&pool)
-        .await
-        .unwrap();
+        drop_table(&pool, &decl.name).await;
     }
 }

@@ -697,6 +697,13 @@ pub async fn statuses(
 }
 
 /// `sluice run --until-drained`, as a user would: must exit 0; its log.
+/// Asserts `text` contains every one of `parts`, showing the text if not.
+pub fn assert_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "expected '{part}' in:\n{text}");
+    }
+}
+
 pub fn run_until_drained(config: &Path) -> String {
     let (ok, stdout, stderr) = sluice_cli(&["run", "--until-drained"], config);
     assert!(ok, "sluice run --until-drained failed:\n{stdout}\n{stderr}");

@@ -215,9 +215,3 @@ async fn changing_the_partitioning_or_a_retention_without_days_is_refused() {
         "{err}"
     );
 }
-
-fn assert_contains(text: &str, wanted: &[&str]) {
-    for w in wanted {
-        assert!(text.contains(w), "'{w}' not in:\n{text}");
-    }
-}

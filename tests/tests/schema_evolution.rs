@@ -268,13 +268,6 @@ async fn document_declaration_changes_add_indexes_or_are_refused_on_ferretdb() {
     assert_eq!(documents(&collection).await.len(), 1, "the document stays");
 }
 
-/// Fails naming the first of `parts` that `text` does not contain.
-fn assert_contains(text: &str, parts: &[&str]) {
-    for part in parts {
-        assert!(text.contains(part), "expected '{part}' in:\n{text}");
-    }
-}
-
 fn replace_field(decl: &Output, name: &str, ty: Type, nullable: bool) -> Output {
     let mut new = decl.clone();
     let field = new.fields.iter_mut().find(|f| f.name == name).unwrap();

@@ -790,21 +790,7 @@ mod tests {
         let mut table = live(&daily(), true);
         let clause =
             super::partitions::create_clause(daily().partitioning.as_ref().unwrap(), today());
-        table.partitions = clause
-            .lines()
-            .filter_map(|l| {
-                let (name, bound) = l
-                    .trim()
-                    .strip_prefix("PARTITION ")?
-                    .split_once(" VALUES LESS THAN (")?;
-                Some(LivePartition {
-                    name: name.into(),
-                    method: "RANGE COLUMNS".into(),
-                    expression: "at".into(),
-                    bound: Some(bound.trim_end_matches([',', ')']).into()),
-                })
-            })
-            .collect();
+        table.partitions = super::partitions::tests::live_of(&clause, "at");
         assert!(plan("events", &daily(), Some(&table), "x", today()).is_empty());
         let later = today() + chrono::Days::new(3);
         let extended = plan("events", &daily(), Some(&table), "x", later);

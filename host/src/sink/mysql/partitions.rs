@@ -202,14 +202,15 @@ pub fn drop_expired(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
     }
 
-    fn live_of(clause: &str, field: &str) -> Vec<LivePartition> {
+    /// The partitions a `create_clause` makes, as the server lists them.
+    pub fn live_of(clause: &str, field: &str) -> Vec<LivePartition> {
         clause
             .lines()
             .filter_map(|l| {
