@@ -214,12 +214,14 @@ async fn ticks_that_find_a_run_going_are_skipped_runs_never_overlap_and_late_run
     create_topic(&topic, 1).await;
     let extra = "schedule = { every = \"300ms\", deadline = \"1s\" }\nbatch = { max_records = 10, max_wait = \"50ms\" }";
     let (config, _, pipeline, table) = orders_pipeline(&dir, &topic, extra);
-    let events: Vec<_> = (0..1500).map(order_event).collect();
+    // 3,000 events in batches of 10: the first run takes about 2 s (1 s
+    // was not always enough on a quiet machine), past its 1 s deadline.
+    let events: Vec<_> = (0..3000).map(order_event).collect();
     produce(&producer(), &topic, &events).await;
     let host = start(&config).await;
     let db = mysql().await;
     wait_for(Duration::from_secs(120), || async {
-        count_rows(&db, &table).await.0 == 1500
+        count_rows(&db, &table).await.0 == 3000
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -264,7 +266,7 @@ async fn ticks_that_find_a_run_going_are_skipped_runs_never_overlap_and_late_run
             pair[1].id
         );
     }
-    assert_eq!(ran.iter().map(|r| r.records_in).sum::<u64>(), 1500);
+    assert_eq!(ran.iter().map(|r| r.records_in).sum::<u64>(), 3000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
