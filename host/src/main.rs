@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         // Logs on stderr: stdout carries command output (`runs --json`...).
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .init();
     let cli = Cli::parse();
     let block_on = |f: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>>>>| {
@@ -132,14 +132,41 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", sluice::config::scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Stderr for the log, with every secret value replaced by its reference
+/// (whatever library's message quoted it). One formatted event is one
+/// write.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(sluice::config::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    // Resolve every secret now (values are never printed), so a missing
+    // variable or file is reported here rather than at the first connect.
+    for (key, secret) in config.secrets() {
+        let warnings = secret
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {key}: {e}", path.display()))?;
+        for warning in warnings {
+            println!("warning: {key}: {warning}");
+        }
+    }
     let registry = sluice::Host::load_plugins(&config)?;
     for p in &config.pipelines {
         let version = registry.current(&p.plugin).expect("loaded above");

@@ -638,13 +638,22 @@ impl KillOnDrop {
 /// Starts `sluice run --config CONFIG`: its stdout (the exit summary) goes to
 /// `NAME.out`, its log is appended to `NAME.log`.
 pub fn start_sluice(config: &Path, name: &Path) -> KillOnDrop {
+    start_sluice_logging(config, name, None)
+}
+
+/// `start_sluice` with `SLUICE_LOG` set to `log_filter`, if given.
+pub fn start_sluice_logging(config: &Path, name: &Path, log_filter: Option<&str>) -> KillOnDrop {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(name.with_extension("log"))
         .unwrap();
+    let mut command = Command::new(sluice_bin());
+    if let Some(filter) = log_filter {
+        command.env("SLUICE_LOG", filter);
+    }
     KillOnDrop(
-        Command::new(sluice_bin())
+        command
             .args(["run", "--config"])
             .arg(config)
             .stdout(std::fs::File::create(name.with_extension("out")).unwrap())

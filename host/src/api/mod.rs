@@ -132,6 +132,25 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
 }
 
 /// Binds `listen` (an error names `api.listen`) and serves until `shutdown`.
+/// Every answer without the secret values the host resolved: errors and
+/// pause reasons quote what libraries said, which may include one.
+async fn scrub_secrets(response: axum::response::Response) -> axum::response::Response {
+    let (parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => axum::body::Body::from(crate::config::scrub(text).into_owned()),
+            Err(_) => axum::body::Body::from(bytes),
+        },
+        Err(e) => axum::body::Body::from(format!("{{\"error\": \"cannot read the answer: {e}\"}}")),
+    };
+    let mut response = axum::response::Response::from_parts(parts, body);
+    // The length changed with the text.
+    response
+        .headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    response
+}
+
 pub async fn serve(
     listen: SocketAddr,
     state: ApiState,
@@ -154,6 +173,7 @@ pub async fn serve(
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{name}/promote", post(promote))
         .route("/v1/plugins/{name}/rollback", post(rollback))
+        .layer(axum::middleware::map_response(scrub_secrets))
         .with_state(Arc::new(state));
     tracing::info!(%listen, "API listening");
     Ok(tokio::spawn(async move {

@@ -16,7 +16,7 @@ pub use pipeline::{
     PipelineConfig, ReloadMode, RetryConfig, RouteConfig, ScheduleConfig,
 };
 pub use schedule::{MAX_INTERVAL, Schedule};
-pub use secret::Secret;
+pub use secret::{Secret, scrub};
 pub use sinks::{SINK_TYPES, SinkConfig, SinkType};
 
 use schemars::JsonSchema;
@@ -150,6 +150,23 @@ pub struct KafkaConfig {
 }
 
 impl Config {
+    /// Every setting that may hold a secret, by its config key.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut found: Vec<(String, &Secret)> = self
+            .kafka
+            .options
+            .iter()
+            .map(|(key, value)| (format!("kafka.options.{key}"), value))
+            .collect();
+        for (name, sink) in &self.sinks {
+            found.push(match sink {
+                SinkConfig::Mongodb { uri, .. } => (format!("sinks.{name}.uri"), uri),
+                SinkConfig::Mysql { url, .. } => (format!("sinks.{name}.url"), url),
+            });
+        }
+        found
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

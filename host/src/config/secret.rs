@@ -1,8 +1,60 @@
 //! Values that may hold credentials: resolved from `${env:NAME}` and
-//! `${file:PATH}` references, and never printed.
+//! `${file:PATH}` references, and never printed. Every value resolved is
+//! remembered, so that [`scrub`] can take it out of any text about to
+//! leave the process (log lines, stored and served errors, dead letters),
+//! whatever library wrote that text.
 
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::RwLock;
+
+/// Values shorter than this are not scrubbed: replacing every "ab" in
+/// every log line would garble it and hide nothing. `validate` warns.
+pub const SHORTEST_SCRUBBED: usize = 6;
+
+/// (value, the reference it came from), longest value first.
+static RESOLVED: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
+
+fn remember(value: &str, reference: &str) {
+    if value.len() < SHORTEST_SCRUBBED {
+        return;
+    }
+    let mut known = RESOLVED.write().unwrap_or_else(|e| e.into_inner());
+    // In a URL the value is percent-encoded; scrub both spellings.
+    for spelling in [value.to_string(), url_encode(value)] {
+        if !known.iter().any(|(v, _)| *v == spelling) {
+            known.push((spelling, reference.to_string()));
+        }
+    }
+    known.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+}
+
+/// `text` with every secret value this process resolved replaced by its
+/// reference, e.g. `${env:KAFKA_PASSWORD}`.
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    let known = RESOLVED.read().unwrap_or_else(|e| e.into_inner());
+    let mut text = Cow::Borrowed(text);
+    for (value, reference) in known.iter() {
+        if text.contains(value.as_str()) {
+            text = Cow::Owned(text.replace(value.as_str(), reference));
+        }
+    }
+    text
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -17,6 +69,49 @@ impl Secret {
     /// The value with every reference substituted. Errors name the
     /// reference, never a value.
     pub fn resolve(&self) -> Result<String, String> {
+        self.substitute(|value| value.to_string())
+    }
+
+    /// `resolve` for a URL (a connection string): substituted values are
+    /// percent-encoded, so a password with `/`, `@` or `?` stays one
+    /// password instead of breaking the URL (and showing in its parse
+    /// error).
+    pub fn resolve_url(&self) -> Result<String, String> {
+        self.substitute(url_encode)
+    }
+
+    /// Resolves it without keeping the value: what would stop a start (a
+    /// variable not set, a file not readable), or warnings about values
+    /// too short to be scrubbed from output.
+    pub fn check(&self) -> Result<Vec<String>, String> {
+        self.resolve()?;
+        let mut warnings = Vec::new();
+        for reference in self.references() {
+            let value = Secret::new(reference).resolve()?;
+            if !value.is_empty() && value.len() < SHORTEST_SCRUBBED {
+                warnings.push(format!(
+                    "{reference} is shorter than {SHORTEST_SCRUBBED} characters, too short to be taken out of logs and errors; use a longer secret"
+                ));
+            }
+        }
+        Ok(warnings)
+    }
+
+    /// The references it holds, e.g. `${env:DB_PASSWORD}`.
+    pub fn references(&self) -> Vec<&str> {
+        let mut found = Vec::new();
+        let mut rest = self.raw.as_str();
+        while let Some(start) = rest.find("${") {
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            found.push(&rest[start..start + end + 1]);
+            rest = &rest[start + end + 1..];
+        }
+        found
+    }
+
+    fn substitute(&self, encode: impl Fn(&str) -> String) -> Result<String, String> {
         let mut out = String::new();
         let mut rest = self.raw.as_str();
         while let Some(start) = rest.find("${") {
@@ -38,7 +133,8 @@ impl Secret {
                     ));
                 }
             };
-            out.push_str(&value);
+            remember(&value, &rest[start..start + end + 1]);
+            out.push_str(&encode(&value));
             rest = &rest[start + end + 1..];
         }
         out.push_str(rest);
@@ -67,5 +163,28 @@ impl schemars::JsonSchema for Secret {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         String::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_values_are_scrubbed_in_both_spellings() {
+        // SAFETY: no other test reads this variable.
+        unsafe { std::env::set_var("SLUICE_SCRUB_TEST", "p@ss/w?rd-4711") };
+        let url = Secret::new("mongodb://u:${env:SLUICE_SCRUB_TEST}@127.0.0.1/db");
+        assert_eq!(
+            url.resolve_url().unwrap(),
+            "mongodb://u:p%40ss%2Fw%3Frd-4711@127.0.0.1/db"
+        );
+        assert_eq!(url.references(), ["${env:SLUICE_SCRUB_TEST}"]);
+        let said = "auth failed for u:p%40ss%2Fw%3Frd-4711 (password p@ss/w?rd-4711)";
+        assert_eq!(
+            scrub(said),
+            "auth failed for u:${env:SLUICE_SCRUB_TEST} (password ${env:SLUICE_SCRUB_TEST})"
+        );
+        assert!(matches!(scrub("nothing secret"), Cow::Borrowed(_)));
     }
 }

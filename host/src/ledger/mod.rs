@@ -240,7 +240,7 @@ impl Ledger {
                     anyhow::bail!("ledger.sink: '{sink}' is not a mysql sink");
                 };
                 let url = url
-                    .resolve()
+                    .resolve_url()
                     .map_err(|e| anyhow::anyhow!("sinks.{sink}.url: {e}"))?;
                 (
                     url,
@@ -363,8 +363,9 @@ impl Ledger {
         .bind(serde_json::to_string(&totals.outputs)?)
         .bind(serde_json::to_string(&totals.deletes)?)
         .bind(serde_json::to_string(&totals.offsets)?)
-        .bind(error.map(str::to_string))
-        .bind(note.map(str::to_string))
+        // Errors quote what libraries said, which may include a secret.
+        .bind(error.map(|e| crate::config::scrub(e).into_owned()))
+        .bind(note.map(|n| crate::config::scrub(n).into_owned()))
         .bind(id)
         .execute(&self.pool)
         .await?;

@@ -44,7 +44,7 @@ impl<'a> DeadLetterContext<'a> {
             "plugin_version": self.plugin_version,
             "plugin_hash": self.plugin_hash,
             "stage": stage.as_str(),
-            "reason": reason,
+            "reason": crate::config::scrub(reason),
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,

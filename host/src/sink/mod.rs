@@ -206,7 +206,7 @@ pub async fn connect_all(configs: &BTreeMap<String, SinkConfig>) -> anyhow::Resu
 pub async fn connect(name: &str, config: &SinkConfig) -> anyhow::Result<Arc<dyn Sink>> {
     let resolve = |secret: &crate::config::Secret, key: &str| {
         secret
-            .resolve()
+            .resolve_url()
             .map_err(|e| anyhow::anyhow!("sinks.{name}.{key}: {e}"))
     };
     let failed = |e: SinkError| anyhow::anyhow!("sinks.{name}: {e}");
