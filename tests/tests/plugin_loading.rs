@@ -92,6 +92,72 @@ fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
     assert!(std::fs::read(&entries[0]).unwrap().len() > 1000);
 }
 
+/// Compiled plugins are native code: an entry this host did not write
+/// (one byte changed, or another plugin's valid entry put in its place) is
+/// discarded and the plugin compiled again from its `.wasm`. The state
+/// folder, the cache, its key and its entries are the owner's only.
+#[test]
+fn a_tampered_or_swapped_compiled_plugin_is_recompiled_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugins_dir(&[
+        ("orders", &plugin_wasm("orders", false)),
+        ("uppercase", &plugin_wasm("uppercase", false)),
+    ]);
+    let toml = config_toml(&dir, "p", "orders", "t", "");
+    let config = Config::parse(&toml, Path::new("t.toml")).unwrap();
+    let load = || sluice::Host::load_plugins(&config).unwrap();
+    let entry_of = |registry: &sluice::runtime::Registry, name: &str| {
+        let hash = registry.current(name).unwrap().hash.clone();
+        std::fs::read_dir(config.state_dir.join("compiled"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&hash))
+            .unwrap()
+    };
+    let registry = load();
+    let (orders, uppercase) = (
+        entry_of(&registry, "orders"),
+        entry_of(&registry, "uppercase"),
+    );
+    let written = std::fs::read(&orders).unwrap();
+
+    let mut flipped = written.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    std::fs::write(&orders, &flipped).unwrap();
+    let registry = load();
+    assert_eq!(registry.current("orders").unwrap().info.name, "orders");
+    assert_eq!(
+        std::fs::read(&orders).unwrap().len(),
+        written.len(),
+        "rewritten"
+    );
+    assert!(
+        std::fs::read(&orders).unwrap() != flipped,
+        "the flipped entry was loaded, not rewritten"
+    );
+
+    // A valid entry of this very host, for another plugin, under orders' name.
+    std::fs::copy(&uppercase, &orders).unwrap();
+    let registry = load();
+    let version = registry.current("orders").unwrap();
+    assert_eq!(
+        version.info.name, "orders",
+        "the swapped-in code was not run"
+    );
+    assert_ne!(
+        std::fs::read(&orders).unwrap(),
+        std::fs::read(&uppercase).unwrap()
+    );
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&config.state_dir), 0o700);
+    assert_eq!(mode(&config.state_dir.join("compiled")), 0o700);
+    assert_eq!(mode(&config.state_dir.join("cache.key")), 0o600);
+    assert_eq!(mode(&orders), 0o600);
+}
+
 /// A plugin built against the frozen `sluice:plugin@0.1.0` WIT (no
 /// partitioning or shard key in its declarations, packed results of
 /// version 1), from `plugins/legacy_v0_1`, loads unchanged in this host

@@ -9,6 +9,7 @@ pub mod reference;
 mod schedule;
 mod secret;
 mod sinks;
+mod state_dir;
 mod validate;
 
 pub use pipeline::{
@@ -18,6 +19,7 @@ pub use pipeline::{
 pub use schedule::{MAX_INTERVAL, Schedule};
 pub use secret::{Secret, scrub};
 pub use sinks::{SINK_TYPES, SinkConfig, SinkType};
+pub use state_dir::{create_private_dir, create_private_file, exposed, write_private};
 
 use schemars::JsonSchema;
 use serde::Deserialize;

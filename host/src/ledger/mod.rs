@@ -258,9 +258,11 @@ impl Ledger {
                         dir
                     );
                 }
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    anyhow::anyhow!("state_dir: cannot create {}: {e}", dir.display())
-                })?;
+                crate::config::create_private_dir(dir)
+                    .and_then(|()| crate::config::create_private_file(&path))
+                    .map_err(|e| {
+                        anyhow::anyhow!("state_dir: cannot create {}: {e}", path.display())
+                    })?;
                 (
                     format!("sqlite://{}?mode=rwc", path.display()),
                     path.display().to_string(),

@@ -11,6 +11,59 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Most compiled plugins kept in the cache; the least recently used go.
 const CACHE_ENTRIES: usize = 64;
 
+/// A compiled plugin is native code the host runs: an entry is loaded only
+/// if it carries the MAC made, with a key only this host's state folder
+/// holds, over its name and bytes when the host wrote it. So a file
+/// dropped or edited in the cache folder is recompiled, never run.
+struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// The state folder's key, made on first use (owner-only).
+    fn open(dir: &std::path::Path) -> std::io::Result<CacheKey> {
+        let path = dir.join("cache.key");
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() == 32 => {
+                return Ok(CacheKey(bytes.try_into().expect("32 bytes")));
+            }
+            Ok(_) => {
+                tracing::warn!(file = %path.display(), "cache key malformed; making a new one (every cache entry will be recompiled)")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let key: [u8; 32] = rand::random();
+        crate::config::write_private(&path, &key)?;
+        Ok(CacheKey(key))
+    }
+
+    /// HMAC-SHA-256 (RFC 2104) of `name` and `bytes`.
+    fn mac(&self, name: &str, bytes: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let pad =
+            |byte: u8| -> Vec<u8> { self.0.iter().chain(&[0; 32]).map(|k| k ^ byte).collect() };
+        let inner = Sha256::new()
+            .chain_update(pad(0x36))
+            .chain_update((name.len() as u64).to_le_bytes())
+            .chain_update(name)
+            .chain_update(bytes)
+            .finalize();
+        Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize()
+            .into()
+    }
+
+    /// The entry's compiled bytes, if its MAC (the first 32 bytes) holds.
+    fn open_entry<'a>(&self, name: &str, entry: &'a [u8]) -> Option<&'a [u8]> {
+        let (mac, bytes) = entry.split_at_checked(32)?;
+        let expected = self.mac(name, bytes);
+        // Constant time: how many bytes matched must not show in timing.
+        let differ = mac.iter().zip(&expected).fold(0u8, |d, (a, b)| d | (a ^ b));
+        (differ == 0).then_some(bytes)
+    }
+}
+
 /// Trims the cache to `CACHE_ENTRIES`, oldest (by modification) first.
 fn evict(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -55,8 +108,9 @@ impl WasiView for State {
 pub struct Runtime {
     pub engine: Engine,
     pub linker: std::sync::Arc<Linker<State>>,
-    /// Folder of compiled components, so a restart does not recompile.
-    cache: Option<PathBuf>,
+    /// Folder of compiled components, so a restart does not recompile,
+    /// and the key that authenticates its entries.
+    cache: Option<(PathBuf, std::sync::Arc<CacheKey>)>,
 }
 
 impl Runtime {
@@ -64,10 +118,15 @@ impl Runtime {
     /// `STATE_DIR/compiled` (created if needed).
     pub fn for_config(config: &crate::config::Config) -> anyhow::Result<Self> {
         let cache = config.state_dir.join("compiled");
-        std::fs::create_dir_all(&cache)
+        crate::config::create_private_dir(&cache)
             .map_err(|e| anyhow::anyhow!("state_dir: cannot create {}: {e}", cache.display()))?;
+        if let Some(warning) = crate::config::exposed(&config.state_dir) {
+            tracing::warn!("{warning}");
+        }
+        let key = CacheKey::open(&config.state_dir)
+            .map_err(|e| anyhow::anyhow!("state_dir: cannot read or make the cache key: {e}"))?;
         Ok(Runtime {
-            cache: Some(cache),
+            cache: Some((cache, std::sync::Arc::new(key))),
             ..Self::build(&config.engine, true)?
         })
     }
@@ -85,39 +144,52 @@ impl Runtime {
 
     /// Compiles a component, or loads it from the cache. Cache entries are
     /// keyed by the content hash and the engine's compatibility hash (its
-    /// version and settings), so a changed engine never loads a stale one.
+    /// version and settings), so a changed engine never loads a stale one,
+    /// and authenticated (see `CacheKey`), so only entries this host wrote
+    /// are loaded.
     pub fn compile(&self, bytes: &[u8], hash: &str) -> wasmtime::Result<Component> {
-        let Some(dir) = &self.cache else {
+        let Some((dir, key)) = &self.cache else {
             return Component::new(&self.engine, bytes);
         };
         let mut engine_key = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut engine_key);
-        let path = dir.join(format!("{hash}-{:016x}.cwasm", engine_key.finish()));
-        if path.exists() {
-            // SAFETY: files in the cache are written only by `serialize`
-            // below, into the host's own state folder, under a name that
-            // carries this engine's compatibility hash.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
-                Ok(component) => {
-                    // Marks it recently used, for `evict`.
-                    let _ = std::fs::File::options()
-                        .append(true)
-                        .open(&path)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-                    return Ok(component);
+        let name = format!("{hash}-{:016x}.cwasm", engine_key.finish());
+        let path = dir.join(&name);
+        if let Ok(entry) = std::fs::read(&path) {
+            match key.open_entry(&name, &entry) {
+                Some(compiled) => {
+                    // SAFETY: the MAC proves this host serialized these
+                    // bytes, with this engine (the name carries its
+                    // compatibility hash), from the plugin of this hash.
+                    match unsafe { Component::deserialize(&self.engine, compiled) } {
+                        Ok(component) => {
+                            // Marks it recently used, for `evict`.
+                            let _ = std::fs::File::options()
+                                .append(true)
+                                .open(&path)
+                                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                            return Ok(component);
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), "compiled-plugin cache entry unusable, recompiling: {e}")
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), "compiled-plugin cache entry unusable, recompiling: {e}")
-                }
+                None => tracing::warn!(
+                    file = %path.display(),
+                    "compiled-plugin cache entry failed its authentication (written by something other than this host?): discarded, recompiling"
+                ),
             }
+            let _ = std::fs::remove_file(&path);
         }
         let component = Component::new(&self.engine, bytes)?;
         let tmp = path.with_extension("tmp");
         let written = component
             .serialize()
-            .and_then(|b| Ok(std::fs::write(&tmp, b)?))
+            .map(|compiled| [key.mac(&name, &compiled).as_slice(), &compiled].concat())
+            .and_then(|entry| Ok(crate::config::write_private(&tmp, &entry)?))
             .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), "cannot cache the compiled plugin: {e}");

@@ -326,7 +326,9 @@ impl Registry {
         canary.rolled_back.insert(v.hash.clone());
         if let Some(dir) = &canary.kept_dir {
             let list: Vec<&str> = canary.rolled_back.iter().map(String::as_str).collect();
-            if let Err(e) = std::fs::write(dir.join(ROLLED_BACK), list.join("\n")) {
+            if let Err(e) =
+                crate::config::write_private(&dir.join(ROLLED_BACK), list.join("\n").as_bytes())
+            {
                 tracing::warn!(plugin = %name, "cannot remember the rollback across restarts: {e}");
             }
         }
@@ -419,8 +421,8 @@ impl Canaries {
         }
         let path = dir.join(format!("{}.wasm", version.name));
         let tmp = path.with_extension("tmp");
-        let kept = std::fs::create_dir_all(dir)
-            .and_then(|()| std::fs::write(&tmp, bytes))
+        let kept = crate::config::create_private_dir(dir)
+            .and_then(|()| crate::config::write_private(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = kept {
             tracing::warn!(plugin = %version.name, file = %path.display(),
