@@ -146,7 +146,12 @@ fn default_plugins_dir() -> PathBuf {
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
-    /// Extra librdkafka client properties (e.g. `"security.protocol"`), passed as is.
+    /// Extra librdkafka client properties (e.g. `"security.protocol"`),
+    /// passed as is, except those sluice sets (`group.id`,
+    /// `enable.auto.commit`, `enable.auto.offset.store`), the brokers
+    /// (`bootstrap.servers`: use `brokers`) and those that load native code
+    /// (`plugin.library.paths`, `ssl.engine.location`, `ssl.providers`),
+    /// which are refused.
     #[serde(default)]
     pub options: BTreeMap<String, Secret>,
 }

@@ -97,6 +97,19 @@ impl Secret {
         Ok(warnings)
     }
 
+    /// For a URL: the names of its query parameters, as written.
+    pub fn query_keys(&self) -> Vec<&str> {
+        let Some((_, query)) = self.raw.split_once('?') else {
+            return vec![];
+        };
+        let query = query.split('#').next().unwrap_or_default();
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split('=').next().unwrap_or_default())
+            .collect()
+    }
+
     /// The references it holds, e.g. `${env:DB_PASSWORD}`.
     pub fn references(&self) -> Vec<&str> {
         let mut found = Vec::new();

@@ -49,7 +49,10 @@ pub enum SinkConfig {
     },
     /// A MySQL-protocol server; table outputs go here by default.
     Mysql {
-        /// Connection URL, e.g. `mysql://user:${env:PW}@127.0.0.1:3306/db`.
+        /// Connection URL, e.g. `mysql://user:${env:PW}@127.0.0.1:3306/db`;
+        /// query parameters other than the driver's (`ssl-mode`, `ssl-ca`,
+        /// `ssl-cert`, `ssl-key`, `charset`, `collation`, `socket`,
+        /// `timezone`, `statement-cache-capacity`) are refused.
         url: Secret,
         /// Connections in the pool.
         #[serde(default = "default_pool")]

@@ -146,12 +146,28 @@ fn schedules_retries_ledger_and_api() {
         e.contains("pipelines[0].schedule.deadline: must be at most 366 days"),
         "{e}"
     );
-    let options = "brokers = \"127.0.0.1:9092\"\noptions = { \"enable.auto.commit\" = \"true\" }";
-    let e = error(&GOOD.replace("brokers = \"127.0.0.1:9092\"", options));
+    let typo = GOOD.replace("/sluice\"", "/sluice?ssl_mode=REQUIRED\"");
+    assert_ne!(typo, GOOD, "the URL was found");
+    let e = error(&typo);
     assert!(
-        e.contains("kafka.options.enable.auto.commit: is set by sluice"),
+        e.contains("sinks.mysql.url: unknown connection parameter 'ssl_mode' (known: ssl-mode,"),
         "{e}"
     );
+    assert!(parse(&GOOD.replace("/sluice\"", "/sluice?ssl-mode=REQUIRED\"")).is_ok());
+    for (option, why) in [
+        ("enable.auto.commit", "is set by sluice"),
+        ("bootstrap.servers", "is `kafka.brokers`; set it there"),
+        ("metadata.broker.list", "is `kafka.brokers`"),
+        (
+            "plugin.library.paths",
+            "loads native libraries into the host process",
+        ),
+        ("ssl.engine.location", "loads native libraries"),
+    ] {
+        let options = format!("brokers = \"127.0.0.1:9092\"\noptions = {{ \"{option}\" = \"x\" }}");
+        let e = error(&GOOD.replace("brokers = \"127.0.0.1:9092\"", &options));
+        assert!(e.contains(&format!("kafka.options.{option}: {why}")), "{e}");
+    }
     let e = error(&scheduled.replace(
         "cron = \"0 2 * * *\"",
         "cron = \"0 2 * * *\", every = \"1m\"",

@@ -133,12 +133,24 @@ impl Config {
                 format!("must be from 64 to {MAX_STACK_KIB}"),
             ));
         }
-        // Sluice commits offsets itself, after the sinks acknowledged.
-        for owned in ["enable.auto.commit", "enable.auto.offset.store", "group.id"] {
-            if self.kafka.options.contains_key(owned) {
+        for (refused, why) in REFUSED_KAFKA_OPTIONS {
+            if self.kafka.options.contains_key(*refused) {
+                return Err((format!("kafka.options.{refused}"), why.to_string()));
+            }
+        }
+        for (name, sink) in &self.sinks {
+            if let super::SinkConfig::Mysql { url, .. } = sink
+                && let Some(unknown) = url
+                    .query_keys()
+                    .into_iter()
+                    .find(|k| !MYSQL_URL_PARAMETERS.contains(k))
+            {
                 return Err((
-                    format!("kafka.options.{owned}"),
-                    "is set by sluice (offsets are committed after the sinks acknowledged; the group is `pipelines[].group_id`)".into(),
+                    format!("sinks.{name}.url"),
+                    format!(
+                        "unknown connection parameter '{unknown}' (known: {}); the driver would ignore it, and a misspelled TLS setting would connect in plaintext",
+                        MYSQL_URL_PARAMETERS.join(", ")
+                    ),
                 ));
             }
         }
@@ -173,6 +185,43 @@ impl Config {
         )
     }
 }
+
+/// The query parameters the MySQL driver (sqlx) reads from a URL; it
+/// ignores any other silently.
+const MYSQL_URL_PARAMETERS: &[&str] = &[
+    "ssl-mode",
+    "sslmode",
+    "ssl-ca",
+    "sslca",
+    "ssl-cert",
+    "sslcert",
+    "ssl-key",
+    "sslkey",
+    "charset",
+    "collation",
+    "statement-cache-capacity",
+    "socket",
+    "timezone",
+    "time-zone",
+];
+
+/// librdkafka properties `kafka.options` may not set, and why: those
+/// sluice sets itself, those a typed setting owns, and those that load
+/// native code into the host process (outside any sandbox).
+const REFUSED_KAFKA_OPTIONS: &[(&str, &str)] = &[
+    ("enable.auto.commit", SET_BY_SLUICE),
+    ("enable.auto.offset.store", SET_BY_SLUICE),
+    ("group.id", SET_BY_SLUICE),
+    ("bootstrap.servers", "is `kafka.brokers`; set it there"),
+    ("metadata.broker.list", "is `kafka.brokers`; set it there"),
+    ("plugin.library.paths", LOADS_CODE),
+    ("ssl.engine.location", LOADS_CODE),
+    ("ssl.providers", LOADS_CODE),
+];
+
+const SET_BY_SLUICE: &str = "is set by sluice (offsets are committed after the sinks acknowledged; the group is `pipelines[].group_id`)";
+const LOADS_CODE: &str =
+    "loads native libraries into the host process, outside any sandbox; refused";
 
 /// The sink types that have transactions, for messages: "mysql".
 fn transactional_kinds() -> String {
