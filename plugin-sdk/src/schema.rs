@@ -414,6 +414,14 @@ impl Output {
             if let Some(why) = field.ty.why_not_a_key() {
                 return Err(format!("shard key field '{name}': {why}"));
             }
+            // A document's `_id` is its primary key, and a sharded cluster
+            // checks uniqueness within one shard only.
+            if !self.primary_key.contains(name) {
+                return Err(format!(
+                    "shard key field '{name}' must be part of the primary key ({}): a cluster checks that a key is unique within one shard only",
+                    self.primary_key.join(", ")
+                ));
+            }
         }
         Ok(())
     }
@@ -813,6 +821,14 @@ mod tests {
                     .field("f", Type::Float)
                     .shard_key(["f"]),
                 "shard key field 'f': a float cannot be a key",
+            ),
+            (
+                Output::document("d")
+                    .field("id", Type::text(8))
+                    .field("k", Type::text(8))
+                    .primary_key(["id"])
+                    .shard_key(["k"]),
+                "shard key field 'k' must be part of the primary key (id)",
             ),
         ];
         for (output, want) in refused {

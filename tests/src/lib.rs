@@ -705,7 +705,6 @@ pub async fn statuses(
     (rows.into_iter().collect(), docs)
 }
 
-/// `sluice run --until-drained`, as a user would: must exit 0; its log.
 /// Asserts `text` contains every one of `parts`, showing the text if not.
 pub fn assert_contains(text: &str, parts: &[&str]) {
     for part in parts {
@@ -713,6 +712,7 @@ pub fn assert_contains(text: &str, parts: &[&str]) {
     }
 }
 
+/// `sluice run --until-drained`, as a user would: must exit 0; its log.
 pub fn run_until_drained(config: &Path) -> String {
     let (ok, stdout, stderr) = sluice_cli(&["run", "--until-drained"], config);
     assert!(ok, "sluice run --until-drained failed:\n{stdout}\n{stderr}");

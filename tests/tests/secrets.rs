@@ -19,8 +19,14 @@ impl Seen {
         self.0.push((place.to_string(), text.into()));
     }
 
-    /// Fails naming every place that holds a marker, in either spelling.
-    fn assert_clean(&self, markers: &[&str]) {
+    /// Fails naming every place that holds a marker, in either spelling,
+    /// and unless `reference` stands somewhere in a marker's place (so
+    /// some output did quote a secret, and it was replaced).
+    fn assert_clean(&self, markers: &[&str], reference: &str) {
+        assert!(
+            self.0.iter().any(|(_, text)| text.contains(reference)),
+            "no output quoted {reference}: the probe shows nothing"
+        );
         let mut found = Vec::new();
         for marker in markers {
             for spelling in [marker.to_string(), url_encoded(marker)] {
@@ -122,7 +128,7 @@ async fn secret_values_appear_in_no_output() {
     let bad_mysql = good_mysql.replacen("sluice:sluice@", "sluice:${env:PROBE_MYSQL}@", 1);
     let bad_mongo = good_mongo.replacen("mongodb://", "mongodb://probe:${env:PROBE_MONGO}@", 1);
     let kafka_secret = "options = { \"sasl.password\" = \"${env:PROBE_KAFKA}\", \"sasl.username\" = \"probe\", \"security.protocol\" = \"sasl_plaintext\", \"sasl.mechanisms\" = \"PLAIN\" }";
-    let kafka_ssl = "options = { \"ssl.key.password\" = \"${env:PROBE_KAFKA}\", \"security.protocol\" = \"ssl\" }";
+    let kafka_ssl = "options = { \"ssl.key.password\" = \"${env:PROBE_KAFKA}\" }";
 
     // (case, kafka options, MySQL URL, MongoDB URI, whether the host stays
     // up: then it runs in the background and the API is read; otherwise
@@ -231,7 +237,8 @@ async fn secret_values_appear_in_no_output() {
             &path,
         );
     }
-    seen.assert_clean(&[&kafka, &mysql, &mongo]);
+    // librdkafka quotes the ssl.key.password it cannot use.
+    seen.assert_clean(&[&kafka, &mysql, &mongo], "${env:PROBE_KAFKA}");
 }
 
 /// A GET on the local API: the body.

@@ -19,7 +19,10 @@ pub use pipeline::{
 pub use schedule::{MAX_INTERVAL, Schedule};
 pub use secret::{Secret, scrub};
 pub use sinks::{SINK_TYPES, SinkConfig, SinkType};
-pub use state_dir::{create_private_dir, create_private_file, exposed, write_private};
+pub use state_dir::{
+    create_private_dir, create_private_file, exposed, writable_by_others, write_private,
+};
+pub use validate::check_mysql_url;
 
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -21,8 +21,17 @@ fn remember(value: &str, reference: &str) {
         return;
     }
     let mut known = RESOLVED.write().unwrap_or_else(|e| e.into_inner());
-    // In a URL the value is percent-encoded; scrub both spellings.
-    for spelling in [value.to_string(), url_encode(value)] {
+    // In a URL the value is percent-encoded, in JSON (API answers) and in
+    // `?`-formatted log fields it is escaped: scrub every spelling.
+    let json = serde_json::to_string(value).unwrap_or_default();
+    let json = json.trim_matches('"').to_string();
+    let spellings = [
+        value.to_string(),
+        url_encode(value),
+        json,
+        value.escape_debug().to_string(),
+    ];
+    for spelling in spellings {
         if !known.iter().any(|(v, _)| *v == spelling) {
             known.push((spelling, reference.to_string()));
         }
@@ -69,15 +78,28 @@ impl Secret {
     /// The value with every reference substituted. Errors name the
     /// reference, never a value.
     pub fn resolve(&self) -> Result<String, String> {
-        self.substitute(|value| value.to_string())
+        self.substitute(|_, value| value.to_string())
     }
 
-    /// `resolve` for a URL (a connection string): substituted values are
+    /// `resolve` for a URL (a connection string): values substituted into
+    /// its user information (`scheme://USER:PASSWORD@host`) are
     /// percent-encoded, so a password with `/`, `@` or `?` stays one
     /// password instead of breaking the URL (and showing in its parse
-    /// error).
+    /// error); a reference elsewhere (a whole URL, a host list) is taken
+    /// as written.
     pub fn resolve_url(&self) -> Result<String, String> {
-        self.substitute(url_encode)
+        let userinfo = self.raw.find("://").map(|scheme| {
+            let start = scheme + 3;
+            let end = self.raw[start..].rfind('@').map_or(start, |at| start + at);
+            start..end
+        });
+        self.substitute(|at, value| {
+            if userinfo.as_ref().is_some_and(|u| u.contains(&at)) {
+                url_encode(value)
+            } else {
+                value.to_string()
+            }
+        })
     }
 
     /// Resolves it without keeping the value: what would stop a start (a
@@ -97,17 +119,9 @@ impl Secret {
         Ok(warnings)
     }
 
-    /// For a URL: the names of its query parameters, as written.
-    pub fn query_keys(&self) -> Vec<&str> {
-        let Some((_, query)) = self.raw.split_once('?') else {
-            return vec![];
-        };
-        let query = query.split('#').next().unwrap_or_default();
-        query
-            .split('&')
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| pair.split('=').next().unwrap_or_default())
-            .collect()
+    /// The text as written, references unresolved.
+    pub fn as_written(&self) -> &str {
+        &self.raw
     }
 
     /// The references it holds, e.g. `${env:DB_PASSWORD}`.
@@ -124,7 +138,9 @@ impl Secret {
         found
     }
 
-    fn substitute(&self, encode: impl Fn(&str) -> String) -> Result<String, String> {
+    /// Substitutes every reference; `encode(position in the raw text,
+    /// value)` spells each value.
+    fn substitute(&self, encode: impl Fn(usize, &str) -> String) -> Result<String, String> {
         let mut out = String::new();
         let mut rest = self.raw.as_str();
         while let Some(start) = rest.find("${") {
@@ -147,7 +163,8 @@ impl Secret {
                 }
             };
             remember(&value, &rest[start..start + end + 1]);
-            out.push_str(&encode(&value));
+            let at = self.raw.len() - rest.len() + start;
+            out.push_str(&encode(at, &value));
             rest = &rest[start + end + 1..];
         }
         out.push_str(rest);
@@ -199,5 +216,26 @@ mod tests {
             "auth failed for u:${env:SLUICE_SCRUB_TEST} (password ${env:SLUICE_SCRUB_TEST})"
         );
         assert!(matches!(scrub("nothing secret"), Cow::Borrowed(_)));
+        // JSON and Debug escape a quote or a backslash: scrubbed too.
+        unsafe { std::env::set_var("SLUICE_SCRUB_QUOTE", "a\"b\\c-4712") };
+        Secret::new("${env:SLUICE_SCRUB_QUOTE}").resolve().unwrap();
+        assert_eq!(
+            scrub(r#"{"error": "bad a\"b\\c-4712"}"#),
+            r#"{"error": "bad ${env:SLUICE_SCRUB_QUOTE}"}"#
+        );
+        // A whole URL, or a host, from a reference is taken as written.
+        unsafe { std::env::set_var("SLUICE_SCRUB_URL", "mongodb://h1:27017,h2:27017/?x=1") };
+        assert_eq!(
+            Secret::new("${env:SLUICE_SCRUB_URL}")
+                .resolve_url()
+                .unwrap(),
+            "mongodb://h1:27017,h2:27017/?x=1"
+        );
+        assert_eq!(
+            Secret::new("mysql://u:p@${env:SLUICE_SCRUB_URL}")
+                .resolve_url()
+                .unwrap(),
+            "mysql://u:p@mongodb://h1:27017,h2:27017/?x=1"
+        );
     }
 }

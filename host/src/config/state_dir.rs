@@ -42,6 +42,12 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether group or others may write `dir` (then nothing in it can be
+/// trusted to be the host's own).
+pub fn writable_by_others(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o022 != 0)
+}
+
 /// What is wrong with the state folder's permissions, if anything: group
 /// or others may read or write it.
 pub fn exposed(dir: &Path) -> Option<String> {
@@ -78,6 +84,9 @@ mod tests {
         );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(exposed(&dir).unwrap().contains("is mode 755"));
+        assert!(!writable_by_others(&dir));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(writable_by_others(&dir));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

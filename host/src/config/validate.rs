@@ -139,19 +139,8 @@ impl Config {
             }
         }
         for (name, sink) in &self.sinks {
-            if let super::SinkConfig::Mysql { url, .. } = sink
-                && let Some(unknown) = url
-                    .query_keys()
-                    .into_iter()
-                    .find(|k| !MYSQL_URL_PARAMETERS.contains(k))
-            {
-                return Err((
-                    format!("sinks.{name}.url"),
-                    format!(
-                        "unknown connection parameter '{unknown}' (known: {}); the driver would ignore it, and a misspelled TLS setting would connect in plaintext",
-                        MYSQL_URL_PARAMETERS.join(", ")
-                    ),
-                ));
+            if let super::SinkConfig::Mysql { url, .. } = sink {
+                check_mysql_url(url.as_written()).map_err(|e| (format!("sinks.{name}.url"), e))?;
             }
         }
         if let Some(sink) = &self.ledger.sink {
@@ -204,6 +193,25 @@ const MYSQL_URL_PARAMETERS: &[&str] = &[
     "timezone",
     "time-zone",
 ];
+
+/// Refuses a query parameter the MySQL driver would ignore. Checked on the
+/// URL as written (`validate`) and once resolved (at connect: a reference
+/// may hold the whole URL).
+pub fn check_mysql_url(url: &str) -> Result<(), String> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or_default();
+    let keys = query.split('&').filter(|p| !p.is_empty());
+    match keys
+        .map(|pair| pair.split('=').next().unwrap_or_default())
+        .find(|k| !MYSQL_URL_PARAMETERS.contains(k))
+    {
+        Some(unknown) => Err(format!(
+            "unknown connection parameter '{unknown}' (known: {}); the driver would ignore it, and a misspelled TLS setting would connect in plaintext",
+            MYSQL_URL_PARAMETERS.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
 
 /// librdkafka properties `kafka.options` may not set, and why: those
 /// sluice sets itself, those a typed setting owns, and those that load

@@ -40,9 +40,15 @@ impl Route {
             .prepare(&self.target, &self.decl)
             .await
             .map_err(|e| self.explain(e))?;
-        if let Some(retention) = self.retention {
-            let before = (chrono::Utc::now() - retention).date_naive();
-            applied.extend(self.sink.expire(&self.target, &self.decl, before).await?);
+        let before = self
+            .retention
+            .and_then(|r| chrono::Duration::from_std(r).ok())
+            .and_then(|r| chrono::Utc::now().checked_sub_signed(r));
+        if let Some(before) = before {
+            let dropped = self
+                .sink
+                .expire(&self.target, &self.decl, before.date_naive());
+            applied.extend(dropped.await.map_err(|e| self.explain(e))?);
         }
         Ok(applied)
     }
@@ -214,6 +220,13 @@ fn check_retention(decl: &Output, retention: std::time::Duration) -> Result<(), 
             ));
         }
     };
+    const MOST: u64 = 100 * 366 * DAY;
+    if retention.as_secs() > MOST {
+        return Err(format!(
+            "{} is more than 100 years; leave `retention` out to keep everything",
+            humantime::format_duration(retention)
+        ));
+    }
     if retention.as_secs() < least {
         return Err(format!(
             "{} is shorter than {period}, the partitions of output '{}'",

@@ -32,7 +32,10 @@ impl CacheKey {
             Err(e) => return Err(e),
         }
         let key: [u8; 32] = rand::random();
-        crate::config::write_private(&path, &key)?;
+        // Whole or not at all: another process may be reading it.
+        let tmp = path.with_extension("tmp");
+        crate::config::write_private(&tmp, &key)?;
+        std::fs::rename(&tmp, &path)?;
         Ok(CacheKey(key))
     }
 
@@ -122,6 +125,18 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("state_dir: cannot create {}: {e}", cache.display()))?;
         if let Some(warning) = crate::config::exposed(&config.state_dir) {
             tracing::warn!("{warning}");
+        }
+        // Whoever may write the folder may replace the key and the entries
+        // alike: then compile every time, trusting nothing in it.
+        if [&config.state_dir, &cache]
+            .iter()
+            .any(|d| crate::config::writable_by_others(d))
+        {
+            tracing::warn!(
+                "state_dir {} can be written by others: compiled plugins are not cached",
+                config.state_dir.display()
+            );
+            return Self::build(&config.engine, true);
         }
         let key = CacheKey::open(&config.state_dir)
             .map_err(|e| anyhow::anyhow!("state_dir: cannot read or make the cache key: {e}"))?;

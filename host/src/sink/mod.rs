@@ -219,6 +219,11 @@ pub async fn connect(name: &str, config: &SinkConfig) -> anyhow::Result<Arc<dyn 
         SinkConfig::Mysql {
             url,
             max_connections,
-        } => Arc::new(MysqlSink::connect(&resolve(url, "url")?, *max_connections).map_err(failed)?),
+        } => {
+            let url = resolve(url, "url")?;
+            crate::config::check_mysql_url(&url)
+                .map_err(|e| anyhow::anyhow!("sinks.{name}.url: {}", crate::config::scrub(&e)))?;
+            Arc::new(MysqlSink::connect(&url, *max_connections).map_err(failed)?)
+        }
     })
 }

@@ -111,9 +111,23 @@ impl Sink for MysqlSink {
         };
         let mut plan = Plan::new(target);
         plan.step(what, statement);
-        let applied = migrate::apply(&self.pool, &plan).await?;
-        tracing::warn!(table = target, "retention: {}", plan.steps[0].what);
-        Ok(applied)
+        // Best effort: another host may have dropped them first, or a lock
+        // held them; the next care (within the hour) tries again. A failed
+        // drop must never stop writes.
+        match migrate::apply(&self.pool, &plan).await {
+            Ok(applied) => {
+                tracing::warn!(table = target, "retention: {}", plan.steps[0].what);
+                Ok(applied)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    table = target,
+                    "retention: {} failed, trying again at the next care: {e}",
+                    plan.steps[0].what
+                );
+                Ok(vec![])
+            }
+        }
     }
 
     async fn write(&self, target: &str, decl: &Output, rows: &[Row]) -> Result<(), SinkError> {

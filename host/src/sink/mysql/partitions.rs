@@ -32,9 +32,12 @@ pub fn describe_live(partitions: &[LivePartition]) -> Option<String> {
     let first = partitions.first()?;
     let field = &first.expression;
     let dated = |len: usize| {
-        partitions
-            .iter()
-            .any(|p| p.name.len() == len && p.name[1..].bytes().all(|b| b.is_ascii_digit()))
+        partitions.iter().any(|p| {
+            p.name.len() == len
+                && p.name
+                    .strip_prefix('p')
+                    .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        })
     };
     Some(match first.method.as_str() {
         "RANGE COLUMNS" if dated(9) => Partitioning::ByDay(field.clone()).to_string(),
@@ -319,6 +322,17 @@ pub(super) mod tests {
         // Never every dated partition: the newest one stays.
         let (_, sql) = drop_expired("t", &live, day("2030-01-01")).unwrap();
         assert!(sql.ends_with("p20261207"), "{sql}");
-        assert_eq!(live.iter().filter(|p| bound_day(p).is_some()).count(), 9);
+        assert!(!sql.contains("p20261208"), "the newest stays: {sql}");
+        // By month: a month goes once all of it is past the cutoff.
+        let monthly = live_of(
+            &create_clause(&Partitioning::ByMonth("at".into()), day("2026-11-15")),
+            "at",
+        );
+        let (_, sql) = drop_expired("t", &monthly, day("2026-12-01")).unwrap();
+        assert_eq!(sql, "ALTER TABLE `t` DROP PARTITION p_before, p202611");
+        assert_eq!(
+            drop_expired("t", &monthly, day("2026-11-30")).map(|d| d.1),
+            Some("ALTER TABLE `t` DROP PARTITION p_before".into())
+        );
     }
 }
