@@ -192,6 +192,51 @@ pub async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, 
     }
 }
 
+/// Produces (key, value) events through a broker that may restart: a
+/// failed send is sent again from a new producer (librdkafka's idempotent
+/// producer can stall after a restart until every message times out). A
+/// resent event may land twice in the topic; the sinks upsert by key.
+pub async fn produce_through_restarts(
+    producer: &mut FutureProducer,
+    topic: &str,
+    events: &[(String, String)],
+) {
+    for attempt in 1.. {
+        let sends = events.iter().map(|(k, v)| {
+            producer.send(
+                FutureRecord::to(topic).key(k).payload(v),
+                Duration::from_secs(30),
+            )
+        });
+        let failed = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed == 0 {
+            return;
+        }
+        assert!(
+            attempt < 15,
+            "{failed} events still not produced after {attempt} attempts"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        *producer = restartable_producer();
+    }
+}
+
+/// A producer for [`produce_through_restarts`]: it gives up on a message
+/// after 20 s rather than librdkafka's 5 minutes.
+pub fn restartable_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .unwrap()
+}
+
 /// Produces (key, value) events in order and returns where each landed:
 /// (partition, offset). The idempotent producer keeps each partition in
 /// the order given.

@@ -88,12 +88,12 @@ async fn outage(service: &'static str, secs: u64) {
     let producing = tokio::spawn({
         let (topic, produced) = (topic.clone(), produced.clone());
         async move {
-            let p = producer();
+            let mut p = restartable_producer();
             let mut next = 0;
             while next < EVENTS {
                 let end = (next + per_tick).min(EVENTS);
                 let events: Vec<_> = (next..end).map(order_event).collect();
-                produce(&p, &topic, &events).await;
+                produce_through_restarts(&mut p, &topic, &events).await;
                 next = end;
                 produced.store(next, Relaxed);
                 tokio::time::sleep(Duration::from_millis(250)).await;
