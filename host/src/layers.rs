@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["model", "retry"],
     &["config"],
+    &["audit"],
     &["ledger", "runtime", "sink", "source"],
     &["router"],
     &["canary", "schema"],

@@ -8,6 +8,7 @@
 // Layers, bottom up; a module imports only from layers below it (checked
 // by `layers::tests`, see docs/architecture.md).
 pub mod api;
+pub mod audit;
 pub mod canary;
 pub mod config;
 pub mod dlq;
@@ -94,7 +95,8 @@ impl Host {
             match registry.load(&name) {
                 Ok(v) if registry.current(&name).is_some_and(|c| c.hash == v.hash) => {
                     tracing::info!(plugin = %v.name, version = %v.info.version, hash = %v.short_hash(),
-                    outputs = v.info.outputs.len(), contract = %v.contract(), "plugin loaded")
+                    outputs = v.info.outputs.len(), contract = %v.contract(), "plugin loaded");
+                    audit::record("plugin loaded", v.audit_fields());
                 }
                 // Taken as a canary, or refused as rolled back: logged there.
                 Ok(_) => {}
@@ -120,6 +122,12 @@ impl Host {
     /// Loads plugins, connects sinks, creates tables/collections/indexes.
     pub async fn start(config: Config) -> anyhow::Result<Host> {
         let config = Arc::new(config);
+        audit::open(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "state_dir: cannot open {}: {e}",
+                config.state_dir.join("audit.log").display()
+            )
+        })?;
         let registry = Self::load_plugins(&config)?;
         let ledger = Arc::new(Ledger::open(&config).await?);
         let sinks = sink::connect_all(&config.sinks).await?;
@@ -213,7 +221,11 @@ impl Host {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                match api::serve(self.config.api.listen, state, stopped).await {
+                let served = match api::token(&self.config, true) {
+                    Ok(token) => api::serve(self.config.api.listen, token, state, stopped).await,
+                    Err(e) => Err(e),
+                };
+                match served {
                     Ok(api) => Some(api),
                     Err(e) => {
                         let _ = stop_tx.send(true);

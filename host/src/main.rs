@@ -167,6 +167,8 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             println!("warning: {key}: {warning}");
         }
     }
+    sluice::source::check_features(&config.kafka)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let registry = sluice::Host::load_plugins(&config)?;
     for p in &config.pipelines {
         let version = registry.current(&p.plugin).expect("loaded above");

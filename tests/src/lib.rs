@@ -32,6 +32,50 @@ pub fn mysql_url() -> String {
     )
 }
 
+/// The secure profile of `scripts/services.sh` (docs/secure-services.md):
+/// Kafka's SASL_SSL listener (SCRAM), FerretDB's TLS listener and the
+/// MariaDB instance that requires TLS and encrypts its files.
+pub mod secure {
+    use super::port;
+    use std::path::PathBuf;
+
+    pub const KAFKA_USER: &str = "sluice";
+    pub const KAFKA_PASSWORD: &str = "sluice-scram-secret";
+    pub const MYSQL_PASSWORD: &str = "sluice-tls-secret";
+
+    pub fn kafka_brokers() -> String {
+        format!("127.0.0.1:{}", port("SLUICE_KAFKA_SASL_PORT", 9094))
+    }
+
+    /// The listener that requires a client certificate.
+    pub fn kafka_mtls_brokers() -> String {
+        format!("127.0.0.1:{}", port("SLUICE_KAFKA_MTLS_PORT", 9095))
+    }
+
+    pub fn mongo_uri() -> String {
+        format!(
+            "mongodb://127.0.0.1:{}",
+            port("SLUICE_MONGO_TLS_PORT", 27018)
+        )
+    }
+
+    /// Without the password (the config gives it by reference).
+    pub fn mysql_url() -> String {
+        format!(
+            "mysql://sluice@127.0.0.1:{}/sluice",
+            port("SLUICE_MYSQL_SECURE_PORT", 3307)
+        )
+    }
+
+    /// The local CA and the certificates it signed.
+    pub fn tls_file(name: &str) -> PathBuf {
+        let services = std::env::var("SLUICE_SERVICES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| super::repo_root().join(".services"));
+        services.join("tls").join(name)
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -392,9 +436,11 @@ brokers = "{brokers}"
 type = "mongodb"
 uri = "{mongo}"
 database = "sluice"
+tls = "disabled"
 [sinks.mysql]
 type = "mysql"
 url = "{mysql}"
+tls = "disabled"
 "#,
         dir = plugins_dir.display(),
         brokers = kafka_brokers(),
@@ -706,6 +752,27 @@ pub fn start_sluice_logging(config: &Path, name: &Path, log_filter: Option<&str>
             .spawn()
             .unwrap(),
     )
+}
+
+/// The API token of the host started with `config`: waits up to 60 s
+/// for the host to make it.
+pub fn api_token(config: &Path) -> String {
+    let config = sluice::config::Config::load(config).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match sluice::api::token(&config, false) {
+            Ok(token) => return token,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A client of the API of the host started with `config`.
+pub fn api_client(config: &Path) -> sluice::api::client::Client {
+    let token = api_token(config);
+    let listen = sluice::config::Config::load(config).unwrap().api.listen;
+    sluice::api::client::Client::new(listen, &token)
 }
 
 /// Rows in `table`, or `None` if MariaDB does not answer within 2 s or the

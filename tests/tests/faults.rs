@@ -7,7 +7,6 @@
 //!     SLUICE_OUTAGE_SECS=30 cargo test -p sluice-tests --test faults -- --ignored --test-threads=1 --nocapture
 
 use sluice::api::Health;
-use sluice::api::client::Client;
 use sluice_tests::*;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -79,7 +78,7 @@ async fn outage(service: &'static str, secs: u64) {
     let config = write_config(&dir, &toml);
     let mut child = start_sluice(&config, &dir.join("sluice"));
     let pid = child.0.id();
-    let client = Arc::new(Client::new(([127, 0, 0, 1], port).into()));
+    let client = Arc::new(api_client(&config));
 
     // Events flow over the whole test: 10 s before, the outage, and after.
     let produced = Arc::new(AtomicUsize::new(0));

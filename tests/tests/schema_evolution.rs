@@ -212,7 +212,13 @@ async fn table_declaration_changes_migrate_or_are_refused_on_mariadb() {
 
 #[tokio::test]
 async fn document_declaration_changes_add_indexes_or_are_refused_on_ferretdb() {
-    let sink = MongoSink::connect(&mongo_uri(), "sluice").await.unwrap();
+    let plaintext = sluice::config::SinkTls {
+        mode: sluice::config::TlsMode::Disabled,
+        ..Default::default()
+    };
+    let sink = MongoSink::connect(&mongo_uri(), None, "sluice", &plaintext)
+        .await
+        .unwrap();
     let v1 = Output::document("events")
         .field("order_id", Type::text(64))
         .primary_key(["order_id"])

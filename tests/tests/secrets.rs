@@ -79,7 +79,8 @@ fn cli(seen: &mut Seen, what: &str, args: &[&str], config: &Path) -> (bool, Stri
     (out.status.success(), stdout + &stderr)
 }
 
-/// The host config with the sinks' URLs and the Kafka options replaced.
+/// The host config with the sinks' URLs and the Kafka settings replaced
+/// (`kafka` may name other brokers).
 fn config(
     dir: &Path,
     port: u16,
@@ -90,7 +91,10 @@ fn config(
     mongo: &str,
 ) -> String {
     let api = format!("[api]\nlisten = \"127.0.0.1:{port}\"\n");
-    let toml = host_toml(dir, &api) + &orders_pipeline_toml(pipeline, topic, "");
+    let mut toml = host_toml(dir, &api) + &orders_pipeline_toml(pipeline, topic, "");
+    if kafka.contains("brokers =") {
+        toml = toml.replace(&format!("brokers = \"{}\"\n", kafka_brokers()), "");
+    }
     toml.replace(
         &format!("uri = \"{}\"", mongo_uri()),
         &format!("uri = \"{mongo}\""),
@@ -127,23 +131,35 @@ async fn secret_values_appear_in_no_output() {
     let good_mysql = mysql_url();
     let bad_mysql = good_mysql.replacen("sluice:sluice@", "sluice:${env:PROBE_MYSQL}@", 1);
     let bad_mongo = good_mongo.replacen("mongodb://", "mongodb://probe:${env:PROBE_MONGO}@", 1);
-    let kafka_secret = "options = { \"sasl.password\" = \"${env:PROBE_KAFKA}\", \"sasl.username\" = \"probe\", \"security.protocol\" = \"sasl_plaintext\", \"sasl.mechanisms\" = \"PLAIN\" }";
-    let kafka_ssl = "options = { \"ssl.key.password\" = \"${env:PROBE_KAFKA}\" }";
+    // The SCRAM listener of the secure profile, with a wrong password.
+    let kafka_scram = format!(
+        "brokers = \"{}\"\ntls = {{ ca = \"{}\" }}\nsasl = {{ mechanism = \"SCRAM-SHA-512\", username = \"sluice\", password = \"${{env:PROBE_KAFKA}}\" }}",
+        secure::kafka_brokers(),
+        secure::tls_file("ca.pem").display()
+    );
+    // A key password for a key that is not encrypted, and an option
+    // librdkafka quotes when it refuses the value: the positive control.
+    let kafka_quoted = format!(
+        "tls = {{ ca = \"{}\", certificate = \"{}\", key = \"{}\", key_password = \"${{env:PROBE_KAFKA}}\" }}\noptions = {{ \"sasl.oauthbearer.method\" = \"${{env:PROBE_KAFKA}}\" }}",
+        secure::tls_file("ca.pem").display(),
+        secure::tls_file("client.pem").display(),
+        secure::tls_file("client.key").display(),
+    );
 
-    // (case, kafka options, MySQL URL, MongoDB URI, whether the host stays
+    // (case, kafka settings, MySQL URL, MongoDB URI, whether the host stays
     // up: then it runs in the background and the API is read; otherwise
     // `run --until-drained` fails at once).
     let cases = [
         (
-            "kafka ssl.key.password, no SSL in the build",
-            kafka_ssl,
+            "kafka option quoting the value, key password",
+            kafka_quoted.as_str(),
             good_mysql.as_str(),
             good_mongo.as_str(),
             false,
         ),
         (
-            "kafka SASL password, broker without SASL",
-            kafka_secret,
+            "kafka SCRAM password refused",
+            kafka_scram.as_str(),
             good_mysql.as_str(),
             good_mongo.as_str(),
             true,
@@ -190,8 +206,9 @@ async fn secret_values_appear_in_no_output() {
             let mut host = start_sluice_logging(&path, &case_dir.join("host"), Some(DEBUG_LOG));
             // Let it fail and report for a while, then read the API.
             tokio::time::sleep(Duration::from_secs(8)).await;
+            let token = api_token(&path);
             for endpoint in ["/v1/health", "/v1/pipelines", "/v1/runs", "/v1/plugins"] {
-                let body = http_get(port, endpoint).unwrap();
+                let body = http_get(port, &token, endpoint).unwrap();
                 seen.add(&format!("{case}: API {endpoint}"), body);
             }
             host.sigterm();
@@ -237,18 +254,18 @@ async fn secret_values_appear_in_no_output() {
             &path,
         );
     }
-    // librdkafka quotes the ssl.key.password it cannot use.
+    // librdkafka quotes the sasl.oauthbearer.method it refuses.
     seen.assert_clean(&[&kafka, &mysql, &mongo], "${env:PROBE_KAFKA}");
 }
 
 /// A GET on the local API: the body.
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+fn http_get(port: u16, token: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
@@ -263,7 +280,7 @@ fn validate_resolves_every_secret_and_names_what_is_missing() {
         free_port(),
         "p",
         "t",
-        "options = { \"sasl.password\" = \"${env:PROBE_SHORT}\" }",
+        "sasl = { mechanism = \"SCRAM-SHA-512\", username = \"u\", password = \"${env:PROBE_SHORT}\" }",
         &mysql_url().replacen("sluice:sluice@", "sluice:${env:PROBE_UNSET}@", 1),
         &mongo_uri(),
     );
@@ -286,7 +303,7 @@ fn validate_resolves_every_secret_and_names_what_is_missing() {
     assert!(ok, "{err}");
     assert!(
         out.contains(
-            "warning: kafka.options.sasl.password: ${env:PROBE_SHORT} is shorter than 6 characters"
+            "warning: kafka.sasl.password: ${env:PROBE_SHORT} is shorter than 6 characters"
         ),
         "{out}"
     );

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 pub struct Client {
     base: String,
+    authorization: String,
     agent: ureq::Agent,
 }
 
 impl Client {
-    pub fn new(listen: std::net::SocketAddr) -> Client {
+    /// A client of the API at `listen`, sending `token` with each request.
+    pub fn new(listen: std::net::SocketAddr, token: &str) -> Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -18,12 +20,26 @@ impl Client {
             .into();
         Client {
             base: format!("http://{listen}"),
+            authorization: format!("Bearer {token}"),
             agent,
         }
     }
 
+    /// A client for the host that runs `config`: its address and token.
+    pub fn for_config(config: &crate::config::Config) -> anyhow::Result<Client> {
+        Ok(Client::new(
+            config.api.listen,
+            &super::token(config, false)?,
+        ))
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.answer(self.agent.get(format!("{}{path}", self.base)).call())
+        self.answer(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
+                .call(),
+        )
     }
 
     pub fn post<T: DeserializeOwned>(
@@ -34,6 +50,7 @@ impl Client {
         self.answer(
             self.agent
                 .post(format!("{}{path}", self.base))
+                .header("Authorization", &self.authorization)
                 .send_json(body),
         )
     }

@@ -1,6 +1,7 @@
 //! The host's local HTTP API: pipelines and their schedules, the run
-//! ledger, manual triggers and backfills. JSON in and out; it listens on
-//! loopback by default and has no authentication, so keep it there.
+//! ledger, manual triggers and backfills. JSON in and out, on loopback
+//! only; every request carries the token and names the API's own address
+//! as its `Host` (see `guard.rs`), and is written to the audit log.
 //!
 //! | method | path                               | what                          |
 //! |--------|------------------------------------|-------------------------------|
@@ -16,6 +17,9 @@
 //! | POST   | /v1/plugins/{name}/rollback        | drop the canary               |
 
 pub mod client;
+mod guard;
+
+pub use guard::{TOKEN_FILE, token};
 
 use crate::ledger::{Ledger, Run};
 use crate::runtime::Registry;
@@ -153,15 +157,19 @@ async fn scrub_secrets(response: axum::response::Response) -> axum::response::Re
 
 pub async fn serve(
     listen: SocketAddr,
+    token: String,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "api.listen: {listen} is not a loopback address; the API listens on loopback only"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("api.listen: cannot listen on {listen}: {e} (another sluice host? set `api.listen` or `api.enabled = false`)")
     })?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "the API has no authentication and listens beyond loopback");
-    }
+    let guard = Arc::new(guard::Guard::new(listen, token));
     let app = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/pipelines", get(pipelines))
@@ -174,8 +182,10 @@ pub async fn serve(
         .route("/v1/plugins/{name}/promote", post(promote))
         .route("/v1/plugins/{name}/rollback", post(rollback))
         .layer(axum::middleware::map_response(scrub_secrets))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::guard))
         .with_state(Arc::new(state));
     tracing::info!(%listen, "API listening");
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

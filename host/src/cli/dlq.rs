@@ -76,7 +76,13 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         } => {
             let request = ReplayRequest { ids };
             let submitted: Submitted = tokio::task::spawn_blocking(move || {
-                client(&config)?.post(&format!("/v1/pipelines/{pipeline}/replay"), &request)
+                client(&config)?.post(
+                    &format!(
+                        "/v1/pipelines/{}/replay",
+                        sluice::config::url_encode(&pipeline)
+                    ),
+                    &request,
+                )
             })
             .await??;
             println!(

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use sluice::api::client::Client;
 use sluice::api::{BackfillRequest, PipelineView, Submitted};
 use sluice::config::Config;
+use sluice::config::url_encode;
 use sluice::runtime::short_hash;
 use std::path::Path;
 use table::Table;
@@ -35,12 +36,14 @@ pub(crate) fn client(path: &Path) -> anyhow::Result<Client> {
             path.display()
         );
     }
-    Ok(Client::new(config.api.listen))
+    Client::for_config(&config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub fn trigger(config: &Path, pipeline: &str) -> anyhow::Result<()> {
-    let submitted: Submitted =
-        client(config)?.post(&format!("/v1/pipelines/{pipeline}/trigger"), &())?;
+    let submitted: Submitted = client(config)?.post(
+        &format!("/v1/pipelines/{}/trigger", url_encode(pipeline)),
+        &(),
+    )?;
     println!(
         "run {} of '{pipeline}' started (or queued); see `sluice runs show {}`",
         submitted.run, submitted.run
@@ -55,7 +58,7 @@ pub fn backfill(
     to: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let submitted: Submitted = client(config)?.post(
-        &format!("/v1/pipelines/{pipeline}/backfill"),
+        &format!("/v1/pipelines/{}/backfill", url_encode(pipeline)),
         &BackfillRequest { from, to },
     )?;
     println!(

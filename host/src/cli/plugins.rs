@@ -47,8 +47,10 @@ pub fn plugins(action: Option<PluginsCommand>, list: PluginsArgs) -> anyhow::Res
             return list_plugins(&config, list.json);
         }
     };
-    let changed: PluginChanged =
-        client(path)?.post(&format!("/v1/plugins/{plugin}/{verb}"), &())?;
+    let changed: PluginChanged = client(path)?.post(
+        &format!("/v1/plugins/{}/{verb}", sluice::config::url_encode(plugin)),
+        &(),
+    )?;
     println!(
         "{} {} ({}) {done}",
         changed.plugin,

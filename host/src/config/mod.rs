@@ -10,6 +10,7 @@ mod schedule;
 mod secret;
 mod sinks;
 mod state_dir;
+mod tls;
 mod validate;
 
 pub use pipeline::{
@@ -17,12 +18,14 @@ pub use pipeline::{
     PipelineConfig, ReloadMode, RetryConfig, RouteConfig, ScheduleConfig,
 };
 pub use schedule::{MAX_INTERVAL, Schedule};
-pub use secret::{Secret, scrub};
+pub use secret::{Secret, scrub, url_encode};
 pub use sinks::{SINK_TYPES, SinkConfig, SinkType};
 pub use state_dir::{
-    create_private_dir, create_private_file, exposed, writable_by_others, write_private,
+    create_private_dir, create_private_file, exposed, open_private_append, private_key_file,
+    writable_by_others, write_private,
 };
-pub use validate::check_mysql_url;
+pub use tls::{KafkaSasl, KafkaTls, SaslMechanism, SinkTls, TlsMode};
+pub use validate::{check_mongodb_uri, check_mysql_url};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -118,9 +121,15 @@ pub struct ApiConfig {
     /// Serve the API at all.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Address to listen on; keep it on loopback, the API has no auth.
+    /// Address to listen on: a loopback address (the API speaks plain
+    /// HTTP; put a TLS proxy in front to reach it from elsewhere).
     #[serde(default = "default_api_listen")]
     pub listen: std::net::SocketAddr,
+    /// The token every request must carry (`Authorization: Bearer
+    /// TOKEN`); may use `${env:..}`/`${file:..}`. Default: one made at
+    /// first start into `STATE_DIR/api.token` (owner-only), which the CLI
+    /// reads.
+    pub token: Option<Secret>,
 }
 
 fn yes() -> bool {
@@ -136,6 +145,7 @@ impl Default for ApiConfig {
         ApiConfig {
             enabled: true,
             listen: default_api_listen(),
+            token: None,
         }
     }
 }
@@ -149,12 +159,19 @@ fn default_plugins_dir() -> PathBuf {
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
-    /// Extra librdkafka client properties (e.g. `"security.protocol"`),
+    /// TLS to the brokers (the protocol becomes `SSL`, or `SASL_SSL` with
+    /// `[kafka.sasl]`). Without it the connection is plaintext.
+    pub tls: Option<KafkaTls>,
+    /// Authentication to the brokers.
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka client properties (e.g. `"fetch.max.bytes"`),
     /// passed as is, except those sluice sets (`group.id`,
-    /// `enable.auto.commit`, `enable.auto.offset.store`), the brokers
-    /// (`bootstrap.servers`: use `brokers`) and those that load native code
-    /// (`plugin.library.paths`, `ssl.engine.location`, `ssl.providers`),
-    /// which are refused.
+    /// `enable.auto.commit`, `enable.auto.offset.store`), those a typed
+    /// setting owns (`bootstrap.servers`, `security.protocol`, `ssl.*`
+    /// files and passwords, `sasl.*` credentials: use `brokers`, `tls`,
+    /// `sasl`), those that turn certificate checks off, and those that
+    /// load native code (`plugin.library.paths`, `ssl.engine.location`,
+    /// `ssl.providers`), which are refused.
     #[serde(default)]
     pub options: BTreeMap<String, Secret>,
 }
@@ -168,11 +185,29 @@ impl Config {
             .iter()
             .map(|(key, value)| (format!("kafka.options.{key}"), value))
             .collect();
+        if let Some(password) = self
+            .kafka
+            .tls
+            .as_ref()
+            .and_then(|t| t.key_password.as_ref())
+        {
+            found.push(("kafka.tls.key_password".into(), password));
+        }
+        if let Some(sasl) = &self.kafka.sasl {
+            found.push(("kafka.sasl.password".into(), &sasl.password));
+        }
+        if let Some(token) = &self.api.token {
+            found.push(("api.token".into(), token));
+        }
         for (name, sink) in &self.sinks {
-            found.push(match sink {
-                SinkConfig::Mongodb { uri, .. } => (format!("sinks.{name}.uri"), uri),
-                SinkConfig::Mysql { url, .. } => (format!("sinks.{name}.url"), url),
-            });
+            let (key, address, password) = match sink {
+                SinkConfig::Mongodb { uri, password, .. } => ("uri", uri, password),
+                SinkConfig::Mysql { url, password, .. } => ("url", url, password),
+            };
+            found.push((format!("sinks.{name}.{key}"), address));
+            if let Some(password) = password {
+                found.push((format!("sinks.{name}.password"), password));
+            }
         }
         found
     }

@@ -52,8 +52,10 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     text
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn url_encode(value: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters: a
+/// value in a URL's user information, a name as one path segment (so
+/// `pro%62e` or `a/b` names exactly that).
+pub fn url_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -42,6 +42,35 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Opens `path` for appending only (created owner-only): writes land at
+/// the end whatever other handles do, and nothing before them changes.
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// A random secret of `len` bytes kept in `path` (owner-only), made on
+/// first use; written whole (temporary file, then rename) because another
+/// process may be reading it. A file of the wrong length is replaced.
+pub fn private_key_file(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == len => return Ok(bytes),
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "malformed key file; making a new one")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let key: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+    let tmp = path.with_extension("tmp");
+    write_private(&tmp, &key)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(key)
+}
+
 /// Whether group or others may write `dir` (then nothing in it can be
 /// trusted to be the host's own).
 pub fn writable_by_others(dir: &Path) -> bool {

@@ -150,14 +150,27 @@ fn schedules_retries_ledger_and_api() {
     assert_ne!(typo, GOOD, "the URL was found");
     let e = error(&typo);
     assert!(
-        e.contains("sinks.mysql.url: unknown connection parameter 'ssl_mode' (known: ssl-mode,"),
+        e.contains("sinks.mysql.url: unknown connection parameter 'ssl_mode' (known: charset,"),
         "{e}"
     );
-    assert!(parse(&GOOD.replace("/sluice\"", "/sluice?ssl-mode=REQUIRED\"")).is_ok());
+    assert!(parse(&GOOD.replace("/sluice\"", "/sluice?charset=utf8mb4\"")).is_ok());
     for (option, why) in [
         ("enable.auto.commit", "is set by sluice"),
-        ("bootstrap.servers", "is `kafka.brokers`; set it there"),
-        ("metadata.broker.list", "is `kafka.brokers`"),
+        (
+            "bootstrap.servers",
+            "is set by `kafka.brokers`; set it there",
+        ),
+        ("metadata.broker.list", "is set by `kafka.brokers`"),
+        (
+            "security.protocol",
+            "is set by `[kafka.tls] and [kafka.sasl]`",
+        ),
+        ("sasl.password", "is set by `kafka.sasl.password`"),
+        ("ssl.key.password", "is set by `kafka.tls.key_password`"),
+        (
+            "enable.ssl.certificate.verification",
+            "would accept any broker certificate",
+        ),
         (
             "plugin.library.paths",
             "loads native libraries into the host process",
@@ -273,4 +286,117 @@ fn offsets_in_mysql_need_the_dead_letters_and_every_route_in_one_mysql_sink() {
         e.contains("pipelines[0].offsets: unknown variant `kafka2`"),
         "{e}"
     );
+}
+
+#[test]
+fn tls_and_sasl_are_typed_and_plaintext_is_explicit() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.sinks["mysql"].tls().mode, TlsMode::VerifyIdentity);
+    assert!(c.kafka.tls.is_none() && c.kafka.sasl.is_none());
+    let ca = std::env::temp_dir().join("sluice-config-test-ca.pem");
+    std::fs::write(&ca, "not checked here").unwrap();
+    let secure = GOOD
+        .replace(
+            "brokers = \"127.0.0.1:9092\"",
+            &format!(
+                "brokers = \"127.0.0.1:9094\"\ntls = {{ ca = \"{}\" }}\nsasl = {{ mechanism = \"SCRAM-SHA-512\", username = \"u\", password = \"${{env:KAFKA_PW}}\" }}",
+                ca.display()
+            ),
+        )
+        .replace(
+            "url = \"mysql://sluice:${env:SLUICE_TEST_PW}@127.0.0.1:3306/sluice\"",
+            &format!(
+                "url = \"mysql://sluice@db:3306/sluice\"\npassword = \"${{env:PW}}\"\ntls = \"verify-ca\"\ntls_ca = \"{}\"",
+                ca.display()
+            ),
+        );
+    let c = parse(&secure).unwrap();
+    assert_eq!(
+        c.kafka.sasl.as_ref().map(|s| s.mechanism),
+        Some(SaslMechanism::ScramSha512)
+    );
+    let keys: Vec<String> = c.secrets().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.contains(&"kafka.sasl.password".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"sinks.mysql.password".to_string()),
+        "{keys:?}"
+    );
+    // SAFETY: only this test reads PW.
+    unsafe { std::env::set_var("PW", "p@ss/w:rd") };
+    let url = c.sinks["mysql"].mysql_url("mysql").unwrap();
+    assert_eq!(
+        url,
+        format!(
+            "mysql://sluice:p%40ss%2Fw%3Ard@db:3306/sluice?ssl-mode=VERIFY_CA&ssl-ca={}",
+            ca.display().to_string().replace('/', "%2F")
+        )
+    );
+    let plain = parse(&GOOD.replace("/sluice\"", "/sluice\"\ntls = \"disabled\"")).unwrap();
+    assert!(
+        plain.sinks["mysql"]
+            .mysql_url("mysql")
+            .unwrap()
+            .ends_with("?ssl-mode=DISABLED")
+    );
+
+    for (from, to, expected) in [
+        (
+            "/sluice\"",
+            "/sluice?ssl-mode=DISABLED\"",
+            "sinks.mysql.url: the parameter 'ssl-mode' is refused: TLS is set by the sink's `tls`",
+        ),
+        (
+            "uri = \"mongodb://127.0.0.1:27017\"",
+            "uri = \"mongodb://127.0.0.1:27017/?tlsInsecure=true\"",
+            "sinks.mongodb.uri: the option 'tlsInsecure' is refused",
+        ),
+        (
+            "uri = \"mongodb://127.0.0.1:27017\"",
+            "uri = \"mongodb://u:pw@127.0.0.1:27017\"\npassword = \"${env:PW}\"",
+            "sinks.mongodb.uri: holds a password and `password` is set too",
+        ),
+        (
+            "/sluice\"",
+            "/sluice\"\ntls = \"verify-identiy\"",
+            "unknown variant `verify-identiy`, expected one of `disabled`, `required`, `verify-ca`, `verify-identity`",
+        ),
+        (
+            "/sluice\"",
+            "/sluice\"\ntls = \"disabled\"\ntls_ca = \"/etc/hostname\"",
+            "sinks.mysql.tls_ca: is set but tls = \"disabled\"",
+        ),
+        (
+            "/sluice\"",
+            "/sluice\"\ntls_ca = \"/no/such/ca.pem\"",
+            "sinks.mysql.tls_ca: cannot read /no/such/ca.pem",
+        ),
+        (
+            "database = \"sluice\"",
+            "database = \"sluice\"\ntls_key = \"/etc/hostname\"",
+            "unknown field `tls_key`",
+        ),
+        (
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\nsasl = { mechanism = \"PLAIN\", username = \"u\", password = \"p\" }",
+            "kafka.sasl.mechanism: PLAIN sends the password as is, and without [kafka.tls]",
+        ),
+        (
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\nsasl = { mechanism = \"SCRAM-SHA-1\", username = \"u\", password = \"p\" }",
+            "unknown variant `SCRAM-SHA-1`, expected one of `SCRAM-SHA-512`, `SCRAM-SHA-256`, `PLAIN`",
+        ),
+        (
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ntls = { certificate = \"/etc/hostname\" }",
+            "kafka.tls.key: is missing: `certificate` needs its private key",
+        ),
+    ] {
+        let text = GOOD.replacen(from, to, 1);
+        assert_ne!(text, GOOD, "{from}");
+        let e = error(&text);
+        assert!(e.contains(expected), "{e}");
+    }
 }

@@ -133,15 +133,30 @@ impl Config {
                 format!("must be from 64 to {MAX_STACK_KIB}"),
             ));
         }
-        for (refused, why) in REFUSED_KAFKA_OPTIONS {
-            if self.kafka.options.contains_key(*refused) {
-                return Err((format!("kafka.options.{refused}"), why.to_string()));
-            }
+        self.check_kafka_security()?;
+        if self.api.enabled && !self.api.listen.ip().is_loopback() {
+            return Err((
+                "api.listen".into(),
+                format!(
+                    "{} is not a loopback address; the API speaks plain HTTP, so it listens on loopback only (127.0.0.1 or [::1]); to reach it from elsewhere put a TLS-terminating proxy in front",
+                    self.api.listen
+                ),
+            ));
         }
         for (name, sink) in &self.sinks {
-            if let super::SinkConfig::Mysql { url, .. } = sink {
-                check_mysql_url(url.as_written()).map_err(|e| (format!("sinks.{name}.url"), e))?;
+            match sink {
+                super::SinkConfig::Mysql { url, .. } => {
+                    check_mysql_url(url.as_written())
+                        .map_err(|e| (format!("sinks.{name}.url"), e))?;
+                }
+                super::SinkConfig::Mongodb { uri, password, .. } => {
+                    check_mongodb_uri(uri.as_written(), password.is_some())
+                        .map_err(|e| (format!("sinks.{name}.uri"), e))?;
+                }
             }
+            sink.tls()
+                .check()
+                .map_err(|(key, e)| (format!("sinks.{name}.{key}"), e))?;
         }
         if let Some(sink) = &self.ledger.sink {
             match self.sinks.get(sink) {
@@ -157,6 +172,35 @@ impl Config {
                     ));
                 }
                 Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The typed TLS and SASL settings, and the raw options they own.
+    fn check_kafka_security(&self) -> Result<(), (String, String)> {
+        if let Some(tls) = &self.kafka.tls {
+            tls.check()
+                .map_err(|(key, e)| (format!("kafka.tls.{key}"), e))?;
+        }
+        if let Some(sasl) = &self.kafka.sasl
+            && sasl.mechanism == super::SaslMechanism::Plain
+            && self.kafka.tls.is_none()
+        {
+            return Err((
+                "kafka.sasl.mechanism".into(),
+                "PLAIN sends the password as is, and without [kafka.tls] it would cross the network in clear; add [kafka.tls] or use SCRAM-SHA-512".into(),
+            ));
+        }
+        for key in self.kafka.options.keys() {
+            if let Some((_, owner)) = KAFKA_OPTIONS_OWNED.iter().find(|(k, _)| k == key) {
+                return Err((
+                    format!("kafka.options.{key}"),
+                    format!("is set by `{owner}`; set it there"),
+                ));
+            }
+            if let Some((_, why)) = REFUSED_KAFKA_OPTIONS.iter().find(|(k, _)| k == key) {
+                return Err((format!("kafka.options.{key}"), why.to_string()));
             }
         }
         Ok(())
@@ -178,14 +222,6 @@ impl Config {
 /// The query parameters the MySQL driver (sqlx) reads from a URL; it
 /// ignores any other silently.
 const MYSQL_URL_PARAMETERS: &[&str] = &[
-    "ssl-mode",
-    "sslmode",
-    "ssl-ca",
-    "sslca",
-    "ssl-cert",
-    "sslcert",
-    "ssl-key",
-    "sslkey",
     "charset",
     "collation",
     "statement-cache-capacity",
@@ -194,23 +230,64 @@ const MYSQL_URL_PARAMETERS: &[&str] = &[
     "time-zone",
 ];
 
-/// Refuses a query parameter the MySQL driver would ignore. Checked on the
-/// URL as written (`validate`) and once resolved (at connect: a reference
-/// may hold the whole URL).
+/// The driver's TLS parameters: the sink's `tls` keys own them.
+const MYSQL_TLS_PARAMETERS: &[&str] = &[
+    "ssl-mode", "sslmode", "ssl-ca", "sslca", "ssl-cert", "sslcert", "ssl-key", "sslkey",
+];
+
+/// Refuses a query parameter the MySQL driver would ignore, and the TLS
+/// ones the sink's typed keys own. Checked on the URL as written
+/// (`validate`) and once resolved (at connect: a reference may hold the
+/// whole URL).
 pub fn check_mysql_url(url: &str) -> Result<(), String> {
+    for key in query_keys(url) {
+        if MYSQL_TLS_PARAMETERS.contains(&key) {
+            return Err(format!(
+                "the parameter '{key}' is refused: TLS is set by the sink's `tls`, `tls_ca`, `tls_certificate` and `tls_key` keys"
+            ));
+        }
+        if !MYSQL_URL_PARAMETERS.contains(&key) {
+            return Err(format!(
+                "unknown connection parameter '{key}' (known: {}); the driver would ignore it, and a misspelled setting would pass unnoticed",
+                MYSQL_URL_PARAMETERS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses TLS options in a MongoDB URI (the sink's `tls` keys own them)
+/// and a password both in the URI and in `password`.
+pub fn check_mongodb_uri(uri: &str, has_password: bool) -> Result<(), String> {
+    if let Some(key) = query_keys(uri).find(|k| {
+        let k = k.to_ascii_lowercase();
+        k == "ssl" || k.starts_with("tls")
+    }) {
+        return Err(format!(
+            "the option '{key}' is refused: TLS is set by the sink's `tls`, `tls_ca` and `tls_certificate` keys"
+        ));
+    }
+    let authority = uri.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or_default();
+    if has_password
+        && let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(
+            "holds a password and `password` is set too; keep one (the `password` key)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The keys of a URL's query.
+fn query_keys(url: &str) -> impl Iterator<Item = &str> {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let query = query.split('#').next().unwrap_or_default();
-    let keys = query.split('&').filter(|p| !p.is_empty());
-    match keys
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
         .map(|pair| pair.split('=').next().unwrap_or_default())
-        .find(|k| !MYSQL_URL_PARAMETERS.contains(k))
-    {
-        Some(unknown) => Err(format!(
-            "unknown connection parameter '{unknown}' (known: {}); the driver would ignore it, and a misspelled TLS setting would connect in plaintext",
-            MYSQL_URL_PARAMETERS.join(", ")
-        )),
-        None => Ok(()),
-    }
 }
 
 /// librdkafka properties `kafka.options` may not set, and why: those
@@ -220,11 +297,35 @@ const REFUSED_KAFKA_OPTIONS: &[(&str, &str)] = &[
     ("enable.auto.commit", SET_BY_SLUICE),
     ("enable.auto.offset.store", SET_BY_SLUICE),
     ("group.id", SET_BY_SLUICE),
-    ("bootstrap.servers", "is `kafka.brokers`; set it there"),
-    ("metadata.broker.list", "is `kafka.brokers`; set it there"),
     ("plugin.library.paths", LOADS_CODE),
     ("ssl.engine.location", LOADS_CODE),
     ("ssl.providers", LOADS_CODE),
+    (
+        "enable.ssl.certificate.verification",
+        "would accept any broker certificate; refused (give the broker's CA as `kafka.tls.ca`)",
+    ),
+];
+
+/// librdkafka properties a typed setting owns: (property, the key to use).
+const KAFKA_OPTIONS_OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "kafka.brokers"),
+    ("metadata.broker.list", "kafka.brokers"),
+    ("security.protocol", "[kafka.tls] and [kafka.sasl]"),
+    ("ssl.ca.location", "kafka.tls.ca"),
+    ("ssl.ca.pem", "kafka.tls.ca"),
+    ("ssl.certificate.location", "kafka.tls.certificate"),
+    ("ssl.certificate.pem", "kafka.tls.certificate"),
+    ("ssl.key.location", "kafka.tls.key"),
+    ("ssl.key.pem", "kafka.tls.key"),
+    ("ssl.key.password", "kafka.tls.key_password"),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "kafka.tls.verify_hostname",
+    ),
+    ("sasl.mechanism", "kafka.sasl.mechanism"),
+    ("sasl.mechanisms", "kafka.sasl.mechanism"),
+    ("sasl.username", "kafka.sasl.username"),
+    ("sasl.password", "kafka.sasl.password"),
 ];
 
 const SET_BY_SLUICE: &str = "is set by sluice (offsets are committed after the sinks acknowledged; the group is `pipelines[].group_id`)";

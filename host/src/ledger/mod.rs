@@ -236,12 +236,10 @@ impl Ledger {
         sqlx::any::install_default_drivers();
         let (url, location, ddl): (String, String, &[&str]) = match &config.ledger.sink {
             Some(sink) => {
-                let Some(SinkConfig::Mysql { url, .. }) = config.sinks.get(sink) else {
+                let Some(sink_config @ SinkConfig::Mysql { .. }) = config.sinks.get(sink) else {
                     anyhow::bail!("ledger.sink: '{sink}' is not a mysql sink");
                 };
-                let url = url
-                    .resolve_url()
-                    .map_err(|e| anyhow::anyhow!("sinks.{sink}.url: {e}"))?;
+                let url = sink_config.mysql_url(sink).map_err(anyhow::Error::msg)?;
                 (
                     url,
                     format!("sink '{sink}', table sluice_runs"),

@@ -18,25 +18,11 @@ const CACHE_ENTRIES: usize = 64;
 struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    /// The state folder's key, made on first use (owner-only).
+    /// The state folder's key, made on first use (owner-only); a new key
+    /// means every cache entry is recompiled.
     fn open(dir: &std::path::Path) -> std::io::Result<CacheKey> {
-        let path = dir.join("cache.key");
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.len() == 32 => {
-                return Ok(CacheKey(bytes.try_into().expect("32 bytes")));
-            }
-            Ok(_) => {
-                tracing::warn!(file = %path.display(), "cache key malformed; making a new one (every cache entry will be recompiled)")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let key: [u8; 32] = rand::random();
-        // Whole or not at all: another process may be reading it.
-        let tmp = path.with_extension("tmp");
-        crate::config::write_private(&tmp, &key)?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(CacheKey(key))
+        let key = crate::config::private_key_file(&dir.join("cache.key"), 32)?;
+        Ok(CacheKey(key.try_into().expect("32 bytes")))
     }
 
     /// HMAC-SHA-256 (RFC 2104) of `name` and `bytes`.

@@ -83,6 +83,16 @@ impl PluginVersion {
         short_hash(&self.hash)
     }
 
+    /// What the audit log says about this version.
+    pub fn audit_fields(&self) -> serde_json::Value {
+        serde_json::json!({
+            "plugin": self.name,
+            "version": self.info.version,
+            "hash": self.hash,
+            "file": self.path.display().to_string(),
+        })
+    }
+
     /// The `sluice:plugin` contract version the component was built
     /// against (the host loads every version in `wit/`).
     pub fn contract(&self) -> &'static str {

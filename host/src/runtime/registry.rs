@@ -152,6 +152,10 @@ impl Registry {
     pub fn quarantine(&self, version: &PluginVersion, reason: String) {
         tracing::error!(plugin = %version.name, version = %version.info.version, hash = %version.short_hash(),
             "plugin version quarantined: {reason}; its pipelines pause until a new version is dropped in");
+        crate::audit::record(
+            "plugin quarantined",
+            with_reason(version.audit_fields(), &reason),
+        );
         self.quarantined
             .lock()
             .unwrap()
@@ -307,6 +311,7 @@ impl Registry {
         let v = candidate.version;
         tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
             report = %candidate.report.summary(), "canary promoted; pipelines switch at their next batch");
+        crate::audit::record("plugin promoted", v.audit_fields());
         canary.keep(&v, &candidate.bytes);
         self.current.write().unwrap().insert(name.into(), v.clone());
         Ok(v)
@@ -323,6 +328,7 @@ impl Registry {
         let v = candidate.version;
         tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
             report = %candidate.report.summary(), "canary rolled back; the active version keeps serving");
+        crate::audit::record("plugin rolled back", v.audit_fields());
         canary.rolled_back.insert(v.hash.clone());
         if let Some(dir) = &canary.kept_dir {
             let list: Vec<&str> = canary.rolled_back.iter().map(String::as_str).collect();
@@ -429,6 +435,12 @@ impl Canaries {
                 "cannot keep the promoted version; after a restart the plugins folder's file serves: {e}");
         }
     }
+}
+
+/// An audit entry's fields with the reason added.
+fn with_reason(mut fields: serde_json::Value, reason: &str) -> serde_json::Value {
+    fields["reason"] = reason.into();
+    fields
 }
 
 #[cfg(test)]

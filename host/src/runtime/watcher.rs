@@ -167,15 +167,21 @@ async fn admit(
     let load_ms = v.detected_at.elapsed().as_millis() as u64;
     if registry.candidate(&name).is_some_and(|c| c.hash == v.hash) {
         tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
-            load_ms, "plugin reloaded as a canary")
+            load_ms, "plugin reloaded as a canary");
+        crate::audit::record("plugin canary", v.audit_fields());
     } else {
         tracing::info!(plugin = %name, version = %v.info.version, hash = %v.short_hash(),
-            load_ms, "plugin reloaded; pipelines switch at their next batch")
+            load_ms, "plugin reloaded; pipelines switch at their next batch");
+        crate::audit::record("plugin reloaded", v.audit_fields());
     }
 }
 
 fn rejected(registry: &Registry, name: &str, path: &std::path::Path, why: String) {
     tracing::error!(plugin = %name, file = %path.display(),
         "plugin reload rejected, previous version keeps serving: {why}");
+    crate::audit::record(
+        "plugin rejected",
+        serde_json::json!({ "plugin": name, "file": path.display().to_string(), "reason": why }),
+    );
     registry.reject(why);
 }

@@ -204,25 +204,34 @@ pub async fn connect_all(configs: &BTreeMap<String, SinkConfig>) -> anyhow::Resu
 
 /// A client for the sink `name`; errors name its config keys.
 pub async fn connect(name: &str, config: &SinkConfig) -> anyhow::Result<Arc<dyn Sink>> {
-    let resolve = |secret: &crate::config::Secret, key: &str| {
-        secret
-            .resolve_url()
-            .map_err(|e| anyhow::anyhow!("sinks.{name}.{key}: {e}"))
-    };
     let failed = |e: SinkError| anyhow::anyhow!("sinks.{name}: {e}");
     Ok(match config {
-        SinkConfig::Mongodb { uri, database } => Arc::new(
-            MongoSink::connect(&resolve(uri, "uri")?, database)
-                .await
-                .map_err(failed)?,
-        ),
-        SinkConfig::Mysql {
-            url,
-            max_connections,
+        SinkConfig::Mongodb {
+            uri,
+            password,
+            database,
+            ..
         } => {
-            let url = resolve(url, "url")?;
-            crate::config::check_mysql_url(&url)
-                .map_err(|e| anyhow::anyhow!("sinks.{name}.url: {}", crate::config::scrub(&e)))?;
+            let uri = uri
+                .resolve_url()
+                .map_err(|e| anyhow::anyhow!("sinks.{name}.uri: {e}"))?;
+            crate::config::check_mongodb_uri(&uri, password.is_some())
+                .map_err(|e| anyhow::anyhow!("sinks.{name}.uri: {}", crate::config::scrub(&e)))?;
+            let password = password
+                .as_ref()
+                .map(|p| p.resolve())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("sinks.{name}.password: {e}"))?;
+            Arc::new(
+                MongoSink::connect(&uri, password, database, &config.tls())
+                    .await
+                    .map_err(failed)?,
+            )
+        }
+        SinkConfig::Mysql {
+            max_connections, ..
+        } => {
+            let url = config.mysql_url(name).map_err(anyhow::Error::msg)?;
             Arc::new(MysqlSink::connect(&url, *max_connections).map_err(failed)?)
         }
     })

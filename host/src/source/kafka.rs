@@ -53,7 +53,96 @@ fn client(config: &KafkaConfig, group_id: &str) -> Result<ClientConfig, SourceEr
             .map_err(|e| SourceError::Config(format!("kafka.options.{key}: {e}")))?;
         client.set(key, value);
     }
+    check_features(config).map_err(SourceError::Config)?;
+    let protocol = match (&config.tls, &config.sasl) {
+        (None, None) => "plaintext",
+        (Some(_), None) => "ssl",
+        (None, Some(_)) => "sasl_plaintext",
+        (Some(_), Some(_)) => "sasl_ssl",
+    };
+    client.set("security.protocol", protocol);
+    if let Some(tls) = &config.tls {
+        let files = [
+            ("ssl.ca.location", &tls.ca),
+            ("ssl.certificate.location", &tls.certificate),
+            ("ssl.key.location", &tls.key),
+        ];
+        for (property, path) in files {
+            if let Some(path) = path {
+                client.set(property, path.to_string_lossy());
+            }
+        }
+        if let Some(password) = &tls.key_password {
+            let password = password
+                .resolve()
+                .map_err(|e| SourceError::Config(format!("kafka.tls.key_password: {e}")))?;
+            client.set("ssl.key.password", password);
+        }
+        let verify = if tls.verify_hostname { "https" } else { "none" };
+        client.set("ssl.endpoint.identification.algorithm", verify);
+    }
+    if let Some(sasl) = &config.sasl {
+        let password = sasl
+            .password
+            .resolve()
+            .map_err(|e| SourceError::Config(format!("kafka.sasl.password: {e}")))?;
+        client
+            .set("sasl.mechanism", sasl.mechanism.name())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", password);
+    }
     Ok(client)
+}
+
+/// The features this build of librdkafka was compiled with (its
+/// `builtin.features`), e.g. `ssl`, `sasl_scram`.
+pub fn builtin_features() -> Vec<String> {
+    use rdkafka::bindings as rd;
+    let mut buffer = vec![0u8; 1024];
+    let mut size = buffer.len();
+    // SAFETY: a fresh configuration object, read into a buffer of `size`
+    // bytes, then destroyed; librdkafka writes a NUL-terminated string.
+    let found = unsafe {
+        let conf = rd::rd_kafka_conf_new();
+        let result = rd::rd_kafka_conf_get(
+            conf,
+            c"builtin.features".as_ptr(),
+            buffer.as_mut_ptr().cast(),
+            &mut size,
+        );
+        rd::rd_kafka_conf_destroy(conf);
+        result == rd::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK
+    };
+    if !found {
+        return Vec::new();
+    }
+    let text = std::ffi::CStr::from_bytes_until_nul(&buffer)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    text.split(',').map(str::to_string).collect()
+}
+
+/// Whether this librdkafka can do what `[kafka.tls]` and `[kafka.sasl]`
+/// ask; the error names the key and the missing feature.
+pub fn check_features(config: &KafkaConfig) -> Result<(), String> {
+    let features = builtin_features();
+    let mut needed = Vec::new();
+    if config.tls.is_some() {
+        needed.push(("kafka.tls", "ssl"));
+    }
+    if let Some(sasl) = &config.sasl {
+        needed.push(("kafka.sasl.mechanism", sasl.mechanism.feature()));
+    }
+    match needed
+        .iter()
+        .find(|(_, f)| !features.iter().any(|have| have == f))
+    {
+        Some((key, feature)) => Err(format!(
+            "{key}: this build of librdkafka lacks the '{feature}' feature (it has: {})",
+            features.join(", ")
+        )),
+        None => Ok(()),
+    }
 }
 
 fn consumer<C: rdkafka::config::FromClientConfig>(

@@ -5,7 +5,7 @@
 
 mod kafka;
 
-pub use kafka::KafkaSource;
+pub use kafka::{KafkaSource, builtin_features, check_features};
 
 use crate::model::Batch;
 use std::time::Duration;

@@ -6,8 +6,10 @@ mod dead_letters;
 mod migrate;
 
 use super::{Sink, SinkError};
+use crate::config::{SinkTls, TlsMode};
 use crate::model::{Applied, Plan, Row};
 use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::{Tls, TlsOptions};
 use sluice_plugin_sdk::schema::{Output, Type};
 
 /// Documents per `insert` command; far below every server's limits.
@@ -19,10 +21,36 @@ pub struct MongoSink {
 }
 
 impl MongoSink {
-    pub async fn connect(uri: &str, database: &str) -> Result<Self, SinkError> {
+    pub async fn connect(
+        uri: &str,
+        password: Option<String>,
+        database: &str,
+        tls: &SinkTls<'_>,
+    ) -> Result<Self, SinkError> {
         let mut options = mongodb::options::ClientOptions::parse(uri)
             .await
             .map_err(|e| SinkError::Unavailable(format!("invalid MongoDB URI: {e}")))?;
+        if let Some(password) = password {
+            let credential = options.credential.get_or_insert_with(Default::default);
+            if credential.username.is_none() {
+                return Err(SinkError::Unavailable(
+                    "`password` is set but the URI names no user (write `mongodb://USER@host`)"
+                        .into(),
+                ));
+            }
+            credential.password = Some(password);
+        }
+        options.tls = Some(match tls.mode {
+            TlsMode::Disabled => Tls::Disabled,
+            mode => Tls::Enabled(
+                TlsOptions::builder()
+                    .ca_file_path(tls.ca.map(Into::into))
+                    .cert_key_file_path(tls.certificate.map(Into::into))
+                    .allow_invalid_certificates(mode == TlsMode::Required)
+                    .allow_invalid_hostnames(mode != TlsMode::VerifyIdentity)
+                    .build(),
+            ),
+        });
         options
             .server_selection_timeout
             .get_or_insert(std::time::Duration::from_secs(10));
