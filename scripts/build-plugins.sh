@@ -21,3 +21,9 @@ for crate in */Cargo.toml; do
 done
 cargo build --release --target wasm32-wasip2 --quiet --target-dir target/v2 -p orders --features orders/v2
 echo "    plugins/target/v2/wasm32-wasip2/release/orders.wasm (orders v2, for the reload test)"
+# The secure profile's plugin (config/secure.toml): orders with its
+# sensitive fields declared, which sluice encrypts.
+cargo build --release --target wasm32-wasip2 --quiet --target-dir target/sensitive -p orders --features orders/sensitive
+mkdir -p "$ROOT/.sluice-secure/plugins"
+cp target/sensitive/wasm32-wasip2/release/orders.wasm "$ROOT/.sluice-secure/plugins/orders.wasm"
+echo "    .sluice-secure/plugins/orders.wasm (orders with sensitive fields, for config/secure.toml)"

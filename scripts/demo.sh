@@ -5,9 +5,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  echo "usage: scripts/demo.sh [EVENTS]   run the demo pipeline end to end (default 2000 events)"
+  echo "usage: scripts/demo.sh [--secure] [EVENTS]   run the demo pipeline end to end (default 2000 events)"
+  echo "  --secure   through the secure profile (config/secure.toml): SASL_SSL/SCRAM to Kafka,"
+  echo "             TLS to MariaDB and FerretDB, sensitive fields encrypted by sluice"
   exit 0
 fi
+SECURE=0
+if [[ "${1:-}" == "--secure" ]]; then SECURE=1; shift; fi
 EVENTS="${1:-2000}"
 cd "$ROOT"
 "$ROOT/scripts/prereqs.sh"
@@ -17,6 +21,31 @@ KAFKA="127.0.0.1:${SLUICE_KAFKA_PORT:-9092}"
 "$ROOT/scripts/build-plugins.sh"
 echo "==> building sluice"
 cargo build --quiet --bin sluice
+
+if ((SECURE)); then
+  echo "==> producing $EVENTS order events to demo.orders"
+  python3 - "$EVENTS" <<'PY' | kcat -P -b "$KAFKA" -t demo.orders -K '|'
+import json, sys
+for i in range(int(sys.argv[1])):
+    e = {"id": f"o-{i}", "customer": f"customer-{i % 37}", "total": round(5 + (i * 7.31) % 250, 2),
+         "created_at": "2026-11-30T10:00:00Z", "status": "paid"}
+    print(f"o-{i}|{json.dumps(e)}")
+print("broken|{this is not json")
+PY
+  echo "==> one run over SASL_SSL (SCRAM-SHA-512) into MariaDB and FerretDB over TLS"
+  ./target/debug/sluice run --config config/secure.toml --until-drained
+  echo "==> MariaDB (TLS, encrypted at rest): the customer column holds ciphertext"
+  mariadb -h127.0.0.1 -P"${SLUICE_MYSQL_SECURE_PORT:-3307}" -usluice -p"$(cat .services/secrets/mysql.password)" \
+    --ssl-ca=.services/tls/ca.pem --ssl-verify-server-cert sluice -t -e \
+    "SELECT order_id, LEFT(customer, 40) AS customer, total FROM orders ORDER BY order_id LIMIT 3;"
+  sealed="$(mariadb -h127.0.0.1 -P"${SLUICE_MYSQL_SECURE_PORT:-3307}" -usluice -p"$(cat .services/secrets/mysql.password)" \
+    --ssl-ca=.services/tls/ca.pem --ssl-verify-server-cert sluice -N -e "SELECT customer FROM orders LIMIT 1;")"
+  echo "==> read back through sluice: sluice decrypt orders.customer ..."
+  ./target/debug/sluice decrypt --config config/secure.toml orders.customer "$sealed"
+  echo "==> dead letters (stored encrypted, shown decrypted)"
+  ./target/debug/sluice dlq list orders_secure --config config/secure.toml --limit 3
+  exit 0
+fi
 
 echo "==> producing $EVENTS order events (and a few bad ones) to demo.orders with kcat"
 python3 - "$EVENTS" <<'PY' | kcat -P -b "$KAFKA" -t demo.orders -K '|' -z lz4

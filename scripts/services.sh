@@ -53,6 +53,7 @@ DATA="$SVC_DIR/data"
 LOGS="$SVC_DIR/logs"
 RUN="$SVC_DIR/run"
 TLS="$SVC_DIR/tls"
+SECRETS="$SVC_DIR/secrets"
 
 KAFKA_HOME="$DL/kafka-$KAFKA_VERSION"
 FERRETDB_BIN="$BIN/ferretdb-$FERRETDB_VERSION"
@@ -340,6 +341,21 @@ tls_setup() {
   chmod 755 "$TLS"
   chmod 644 "$TLS"/*.pem
   chmod 600 "$TLS"/*.key "$TLS/server-keystore.pem"
+  secrets_write
+}
+
+# The secure profile's credentials as files (owner-only), so that
+# config/secure.toml can give them by reference (${file:...}) and run as is;
+# and a field-encryption key (32 random bytes, hex), made once.
+secrets_write() {
+  mkdir -p "$SECRETS"
+  chmod 700 "$SECRETS"
+  (
+    umask 077
+    printf '%s\n' "$KAFKA_SCRAM_PASSWORD" >"$SECRETS/kafka.password"
+    printf '%s\n' "$MYSQL_SECURE_PASSWORD" >"$SECRETS/mysql.password"
+    [[ -s $SECRETS/field-key-1 ]] || openssl rand -hex 32 >"$SECRETS/field-key-1"
+  )
 }
 
 # ---------------------------------------------------------------- kafka

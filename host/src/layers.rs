@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["model", "retry"],
     &["config"],
-    &["audit"],
+    &["audit", "encryption"],
     &["ledger", "runtime", "sink", "source"],
     &["router"],
     &["canary", "schema"],

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod canary;
 pub mod config;
 pub mod dlq;
+pub mod encryption;
 #[cfg(test)]
 mod layers;
 pub mod ledger;

@@ -85,6 +85,16 @@ enum Command {
         #[command(flatten)]
         list: cli::PluginsArgs,
     },
+    /// Decrypt values of a sensitive field read from a sink (one per
+    /// argument, or one per line on stdin); prints each as JSON.
+    Decrypt {
+        /// Where the values belong: `OUTPUT.FIELD` (e.g. `customers.email`).
+        field: String,
+        /// Values as stored (`sluice:enc:v1:...`); none: read stdin.
+        values: Vec<String>,
+        #[arg(short, long, env = "SLUICE_CONFIG")]
+        config: PathBuf,
+    },
     /// Schema changes: `plan` what a new plugin file would change in the
     /// sinks (or why it would be refused); `history` of changes applied.
     Schema {
@@ -128,6 +138,11 @@ fn main() -> ExitCode {
         Command::Plugins { action, list } => cli::plugins(action, list),
         Command::Dlq { command } => block_on(Box::pin(cli::dlq(command))),
         Command::Schema { command } => block_on(Box::pin(cli::schema(command))),
+        Command::Decrypt {
+            field,
+            values,
+            config,
+        } => decrypt(&config, &field, values),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -153,6 +168,28 @@ impl std::io::Write for ScrubbedStderr {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+fn decrypt(path: &std::path::Path, field: &str, values: Vec<String>) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let config = Config::load(path)?;
+    let encryption = config.encryption.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("{}: no [encryption] keys to decrypt with", path.display())
+    })?;
+    let cipher =
+        sluice::encryption::FieldCipher::from_config(encryption).map_err(anyhow::Error::msg)?;
+    let values = if values.is_empty() {
+        std::io::stdin().lock().lines().collect::<Result<_, _>>()?
+    } else {
+        values
+    };
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        let plain = cipher
+            .open_value(field, value)
+            .map_err(anyhow::Error::msg)?;
+        println!("{plain}");
+    }
+    Ok(())
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {

@@ -51,6 +51,7 @@ pub fn plugin_info(p: Plugin) -> PluginInfo {
                     .collect(),
                 partitioning: o.partitioning.map(partitioning),
                 shard_key: o.shard_key,
+                sensitive: o.sensitive,
             })
             .collect(),
     }

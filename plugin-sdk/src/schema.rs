@@ -137,6 +137,8 @@ pub struct Output {
     pub partitioning: Option<Partitioning>,
     /// Documents only: the fields a sharded cluster spreads documents by.
     pub shard_key: Vec<String>,
+    /// Fields the host encrypts before they leave the process.
+    pub sensitive: Vec<String>,
 }
 
 impl Output {
@@ -157,6 +159,7 @@ impl Output {
             indexes: vec![],
             partitioning: None,
             shard_key: vec![],
+            sensitive: vec![],
         }
     }
 
@@ -228,6 +231,15 @@ impl Output {
     /// The shard key of a document output (used by sharded clusters).
     pub fn shard_key<const N: usize>(mut self, fields: [&str; N]) -> Self {
         self.shard_key = fields.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    /// Fields the host encrypts (authenticated encryption, keys in the
+    /// host's config) before a value leaves the process: the sinks and
+    /// the dead letters hold ciphertext. A sensitive field cannot be part
+    /// of a key, an index, the partitioning or the shard key.
+    pub fn sensitive<const N: usize>(mut self, fields: [&str; N]) -> Self {
+        self.sensitive = fields.iter().map(|f| f.to_string()).collect();
         self
     }
 
@@ -339,7 +351,36 @@ impl Output {
             }
         }
         self.validate_partitioning()?;
-        self.validate_shard_key()
+        self.validate_shard_key()?;
+        self.validate_sensitive()
+    }
+
+    fn validate_sensitive(&self) -> Result<(), String> {
+        for name in &self.sensitive {
+            if self.get_field(name).is_none() {
+                return Err(format!("sensitive names undeclared field '{name}'"));
+            }
+            let used = [
+                ("the primary key", self.primary_key.contains(name)),
+                (
+                    "an index",
+                    self.indexes.iter().any(|i| i.fields.contains(name)),
+                ),
+                (
+                    "the partitioning",
+                    self.partitioning
+                        .as_ref()
+                        .is_some_and(|p| p.field() == name),
+                ),
+                ("the shard key", self.shard_key.contains(name)),
+            ];
+            if let Some((what, _)) = used.iter().find(|(_, used)| *used) {
+                return Err(format!(
+                    "sensitive field '{name}' is part of {what}: an encrypted value cannot be looked up or compared"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_partitioning(&self) -> Result<(), String> {
@@ -830,7 +871,20 @@ mod tests {
                     .shard_key(["k"]),
                 "shard key field 'k' must be part of the primary key (id)",
             ),
+            (
+                events().sensitive(["nope"]),
+                "sensitive names undeclared field 'nope'",
+            ),
+            (
+                events().sensitive(["id"]),
+                "sensitive field 'id' is part of the primary key",
+            ),
+            (
+                events().index("by_name", ["name"]).sensitive(["name"]),
+                "sensitive field 'name' is part of an index",
+            ),
         ];
+        assert!(check(events().sensitive(["name"])).is_ok());
         for (output, want) in refused {
             let err = check(output).unwrap_err();
             assert!(err.contains(want), "{err} should contain {want}");

@@ -526,6 +526,27 @@ pub fn free_port() -> u16 {
 }
 
 /// A valid event for the orders plugin, keyed by its id `o-{i}`.
+/// 10,000 events: 9,400 valid orders, 200 of them sent again, and 4 x 100
+/// bad ones (not JSON, no id, a mistyped total, a bad timestamp). The
+/// orders plugin writes 9,400 rows, 9,500 documents (the bad timestamp
+/// only breaks the table) and 400 dead letters.
+pub fn orders_mix() -> Vec<(String, String)> {
+    let mut events: Vec<_> = (0..9_400).map(order_event).collect();
+    events.extend((0..200).map(|i| order_event(i * 7)));
+    for i in 0..100 {
+        events.push((format!("bad-{i}"), format!("{{not json {i}")));
+        events.push((
+            format!("noid-{i}"),
+            serde_json::json!({"customer": "x", "total": 1, "created_at": "2024-05-01T10:00:00Z"})
+                .to_string(),
+        ));
+        events.push((format!("type-{i}"), serde_json::json!({"id": format!("type-{i}"), "customer": "x", "total": "lots", "created_at": "2024-05-01T10:00:00Z"}).to_string()));
+        events.push((format!("ts-{i}"), serde_json::json!({"id": format!("ts-{i}"), "customer": "x", "total": 5, "created_at": "yesterday"}).to_string()));
+    }
+    assert_eq!(events.len(), 10_000);
+    events
+}
+
 pub fn order_event(i: usize) -> (String, String) {
     let event = serde_json::json!({
         "id": format!("o-{i}"), "customer": format!("c-{}", i % 50),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 19] = [
+    let commands: [&[&str]; 20] = [
         &["--help"],
         &["run", "--help"],
         &["validate", "--help"],
@@ -25,6 +25,7 @@ fn every_command_has_help() {
         &["dlq", "--help"],
         &["dlq", "list", "--help"],
         &["dlq", "replay", "--help"],
+        &["decrypt", "--help"],
         &["schema", "--help"],
         &["schema", "plan", "--help"],
         &["schema", "explain", "--help"],

@@ -2,7 +2,6 @@
 //! MariaDB (orders table) + FerretDB (order_events documents) + dead letters.
 
 use mongodb::bson::doc;
-use serde_json::json;
 use sluice::RunMode;
 use sluice::config::Config;
 use sluice_tests::*;
@@ -19,19 +18,7 @@ async fn ten_thousand_events_land_exactly_once_with_bad_ones_in_dead_letters() {
     let collection = unique("order_events");
     create_topic(&topic, 3).await;
 
-    // 9,400 valid + 200 re-sent duplicates + 4 x 100 bad = 10,000 events.
-    let mut events: Vec<_> = (0..9_400).map(order_event).collect();
-    events.extend((0..200).map(|i| order_event(i * 7)));
-    for i in 0..100 {
-        events.push((format!("bad-{i}"), format!("{{not json {i}")));
-        events.push((
-            format!("noid-{i}"),
-            json!({"customer": "x", "total": 1, "created_at": "2024-05-01T10:00:00Z"}).to_string(),
-        ));
-        events.push((format!("type-{i}"), json!({"id": format!("type-{i}"), "customer": "x", "total": "lots", "created_at": "2024-05-01T10:00:00Z"}).to_string()));
-        events.push((format!("ts-{i}"), json!({"id": format!("ts-{i}"), "customer": "x", "total": 5, "created_at": "yesterday"}).to_string()));
-    }
-    assert_eq!(events.len(), 10_000);
+    let events = orders_mix();
     produce(&producer(), &topic, &events).await;
 
     let dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);

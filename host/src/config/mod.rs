@@ -76,6 +76,22 @@ pub struct Config {
     /// Settings of the WebAssembly engine shared by every plugin.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// Keys for the fields plugins declare sensitive (and their dead
+    /// letters); required by a pipeline whose plugin declares any.
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[encryption]`: field-level encryption keys.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Key id → key: 64 hexadecimal characters (32 bytes, e.g. from
+    /// `openssl rand -hex 32`), by reference (`${file:..}`/`${env:..}`).
+    /// Ids are stored beside each value: keep old keys to decrypt old
+    /// values.
+    pub keys: BTreeMap<String, Secret>,
+    /// The key id new values are encrypted with.
+    pub current: String,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -198,6 +214,9 @@ impl Config {
         }
         if let Some(token) = &self.api.token {
             found.push(("api.token".into(), token));
+        }
+        for (id, key) in self.encryption.iter().flat_map(|e| &e.keys) {
+            found.push((format!("encryption.keys.{id}"), key));
         }
         for (name, sink) in &self.sinks {
             let (key, address, password) = match sink {

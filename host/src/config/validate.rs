@@ -134,6 +134,18 @@ impl Config {
             ));
         }
         self.check_kafka_security()?;
+        if let Some(encryption) = &self.encryption {
+            for id in encryption.keys.keys() {
+                sluice_plugin_sdk::schema::check_identifier("key id", id)
+                    .map_err(|e| (format!("encryption.keys.{id}"), e))?;
+            }
+            if !encryption.keys.contains_key(&encryption.current) {
+                return Err((
+                    "encryption.current".into(),
+                    format!("no key '{}' in encryption.keys", encryption.current),
+                ));
+            }
+        }
         if self.api.enabled && !self.api.listen.ip().is_loopback() {
             return Err((
                 "api.listen".into(),

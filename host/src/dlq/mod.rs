@@ -7,6 +7,7 @@ mod replay;
 pub use replay::replay;
 
 use crate::config::{Config, PipelineConfig};
+use crate::encryption::{self, FieldCipher};
 use crate::model::{SourceRecord, dead_letter_decl};
 use crate::sink::Sink;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,30 @@ impl DeadLetter {
             .map_err(|e| format!("unreadable dead letter: {e}"))
     }
 
+    /// Decrypts a key and value that were stored encrypted.
+    fn unseal(&mut self, cipher: Option<&FieldCipher>) -> Result<(), String> {
+        let parts = [
+            (&mut self.key, encryption::DEAD_LETTER_KEY),
+            (&mut self.value, encryption::DEAD_LETTER_VALUE),
+        ];
+        for (text, context) in parts {
+            let Some(sealed) = text.as_deref().filter(|t| encryption::is_sealed(t)) else {
+                continue;
+            };
+            let cipher = cipher.ok_or_else(|| {
+                format!(
+                    "dead letter {} is encrypted; the config needs its [encryption] keys to read it",
+                    self.id
+                )
+            })?;
+            let value = cipher
+                .open_value(context, sealed)
+                .map_err(|e| format!("dead letter {}: {e}", self.id))?;
+            *text = value.as_str().map(str::to_string);
+        }
+        Ok(())
+    }
+
     /// The record it came from (headers are not kept in dead letters).
     pub fn to_record(&self) -> Result<SourceRecord, String> {
         let decode = |text: &Option<String>| -> Result<Option<Vec<u8>>, String> {
@@ -73,20 +98,26 @@ impl DeadLetter {
     }
 }
 
-/// Reads a pipeline's dead letters from `sink`, newest first.
+/// Reads a pipeline's dead letters from `sink`, newest first; encrypted
+/// keys and values are decrypted with `cipher`.
 pub async fn read(
     sink: &Arc<dyn Sink>,
     target: &str,
     pipeline: &str,
     ids: &[String],
     limit: u32,
+    cipher: Option<&FieldCipher>,
 ) -> anyhow::Result<Vec<DeadLetter>> {
     let rows = sink
         .read_dead_letters(target, &dead_letter_decl(), pipeline, ids, limit)
         .await
         .map_err(|e| anyhow::anyhow!("reading dead letters from {target}: {e}"))?;
     rows.into_iter()
-        .map(|r| DeadLetter::from_row(r).map_err(anyhow::Error::msg))
+        .map(|r| {
+            let mut letter = DeadLetter::from_row(r).map_err(anyhow::Error::msg)?;
+            letter.unseal(cipher).map_err(anyhow::Error::msg)?;
+            Ok(letter)
+        })
         .collect()
 }
 
@@ -95,8 +126,14 @@ pub async fn read(
 pub async fn list(config: &Config, pipeline: &str, limit: u32) -> anyhow::Result<Vec<DeadLetter>> {
     let p = find(config, pipeline)?;
     let (sink_name, target) = config.dead_letter_sink(p).map_err(anyhow::Error::msg)?;
+    let cipher = config
+        .encryption
+        .as_ref()
+        .map(FieldCipher::from_config)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let sink = crate::sink::connect(&sink_name, &config.sinks[&sink_name]).await?;
-    let letters = read(&sink, &target, pipeline, &[], limit).await;
+    let letters = read(&sink, &target, pipeline, &[], limit, cipher.as_ref()).await;
     // The MongoDB driver panics at exit if a client is still open.
     sink.close().await;
     letters

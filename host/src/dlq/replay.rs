@@ -25,7 +25,8 @@ pub async fn replay(
         .await?;
     let dl = &routes.dead_letter;
     let name = pipeline.config.name.clone();
-    let letters = read(&dl.sink, &dl.target, &name, ids, MAX_DEAD_LETTERS).await?;
+    let cipher = dl.sealing.as_ref().map(|s| s.cipher.as_ref());
+    let letters = read(&dl.sink, &dl.target, &name, ids, MAX_DEAD_LETTERS, cipher).await?;
     if letters.is_empty() {
         return Ok("no dead letters to replay".into());
     }
@@ -49,7 +50,7 @@ pub async fn replay(
     }
     // Letters this replay did not rewrite: their record went through.
     let old: Vec<String> = letters.iter().map(|l| l.id.clone()).collect();
-    let after = read(&dl.sink, &dl.target, &name, &old, MAX_DEAD_LETTERS).await?;
+    let after = read(&dl.sink, &dl.target, &name, &old, MAX_DEAD_LETTERS, cipher).await?;
     let again: std::collections::HashSet<&str> = after
         .iter()
         .filter(|l| l.failed_at >= started)

@@ -338,7 +338,10 @@ impl Writes<'_> {
     async fn write(&mut self, route: &Route, rows: &[Row]) -> Result<(), SinkError> {
         match self {
             Writes::Direct => route.write(rows).await,
-            Writes::Transaction(tx) => tx.write(&route.target, &route.decl, rows).await,
+            Writes::Transaction(tx) => {
+                let rows = route.sealed(rows);
+                tx.write(&route.target, &route.stored, &rows).await
+            }
         }
     }
 }

@@ -3,12 +3,13 @@
 //! rejected records and invalid outputs into dead letters.
 
 use crate::config::{Config, OffsetStore, PipelineConfig, SINK_TYPES};
+use crate::encryption::{self, FieldCipher};
 use crate::model::{Applied, Plan, Row, Stage, dead_letter_decl};
 use crate::runtime::PluginVersion;
 use crate::sink::{Sink, SinkError, Sinks};
 use serde_json::{Map, Value};
 use sluice_plugin_sdk::abi::{BatchResult, Op, Record};
-use sluice_plugin_sdk::schema::{Output, OutputKind, Partitioning, Plugin};
+use sluice_plugin_sdk::schema::{Output, OutputKind, Partitioning, Plugin, Type};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -26,9 +27,39 @@ pub struct Route {
     pub sink: Arc<dyn Sink>,
     /// Table or collection name.
     pub target: String,
+    /// As the plugin declared it: what its values are checked against.
     pub decl: Output,
+    /// As the sink holds it: `decl` with sealed fields as text.
+    pub stored: Output,
+    /// Fields encrypted on their way to the sink.
+    pub sealing: Option<Sealing>,
     /// Partitions whose rows are all older than this are dropped.
     pub retention: Option<std::time::Duration>,
+}
+
+/// The fields of a route that are encrypted just before a write, so that
+/// everything before (dedup, the canary's comparison) sees plaintext.
+#[derive(Clone)]
+pub struct Sealing {
+    pub cipher: Arc<FieldCipher>,
+    /// (field, the context its values are bound to).
+    pub fields: Vec<(String, String)>,
+}
+
+impl Sealing {
+    fn seal(&self, rows: &[Row]) -> Vec<Row> {
+        let mut rows = rows.to_vec();
+        for row in &mut rows {
+            for (field, context) in &self.fields {
+                if let Some(value) = row.fields.get_mut(field)
+                    && !value.is_null()
+                {
+                    *value = Value::String(self.cipher.seal_value(context, value));
+                }
+            }
+        }
+        rows
+    }
 }
 
 impl Route {
@@ -37,7 +68,7 @@ impl Route {
     pub async fn prepare(&self) -> Result<Vec<Applied>, SinkError> {
         let mut applied = self
             .sink
-            .prepare(&self.target, &self.decl)
+            .prepare(&self.target, &self.stored)
             .await
             .map_err(|e| self.explain(e))?;
         let before = self
@@ -47,7 +78,7 @@ impl Route {
         if let Some(before) = before {
             let dropped = self
                 .sink
-                .expire(&self.target, &self.decl, before.date_naive());
+                .expire(&self.target, &self.stored, before.date_naive());
             applied.extend(dropped.await.map_err(|e| self.explain(e))?);
         }
         Ok(applied)
@@ -63,7 +94,7 @@ impl Route {
 
     /// What `prepare` would do, changing nothing.
     pub async fn plan(&self) -> Result<Plan, SinkError> {
-        self.sink.plan(&self.target, &self.decl).await
+        self.sink.plan(&self.target, &self.stored).await
     }
 
     fn explain(&self, e: SinkError) -> SinkError {
@@ -77,7 +108,17 @@ impl Route {
     }
 
     pub async fn write(&self, rows: &[Row]) -> Result<(), SinkError> {
-        self.sink.write(&self.target, &self.decl, rows).await
+        self.sink
+            .write(&self.target, &self.stored, &self.sealed(rows))
+            .await
+    }
+
+    /// `rows` as the sink stores them: sensitive fields encrypted.
+    pub fn sealed<'r>(&self, rows: &'r [Row]) -> std::borrow::Cow<'r, [Row]> {
+        match &self.sealing {
+            Some(sealing) => std::borrow::Cow::Owned(sealing.seal(rows)),
+            None => std::borrow::Cow::Borrowed(rows),
+        }
     }
 }
 
@@ -120,6 +161,17 @@ impl Routes {
                 declared.join(", ")
             ));
         }
+        let cipher = if info.outputs.iter().any(|o| !o.sensitive.is_empty()) {
+            let encryption = config.encryption.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: plugin '{name}' declares sensitive fields, which are encrypted before they leave the host; add [encryption] with a key (see docs/security.md)",
+                    key("plugin")
+                )
+            })?;
+            Some(Arc::new(FieldCipher::from_config(encryption)?))
+        } else {
+            None
+        };
         let mut outputs = BTreeMap::new();
         for decl in &info.outputs {
             let route = pipeline.routes.get(&decl.name);
@@ -149,6 +201,17 @@ impl Routes {
                 }
             };
             let sink = sinks[&sink_name].clone();
+            let sealing = cipher
+                .as_ref()
+                .filter(|_| !decl.sensitive.is_empty())
+                .map(|c| Sealing {
+                    cipher: c.clone(),
+                    fields: decl
+                        .sensitive
+                        .iter()
+                        .map(|f| (f.clone(), encryption::field_context(&decl.name, f)))
+                        .collect(),
+                });
             outputs.insert(
                 decl.name.clone(),
                 Route {
@@ -156,16 +219,28 @@ impl Routes {
                     sink,
                     target,
                     decl: decl.clone(),
+                    stored: stored(decl),
+                    sealing,
                     retention,
                 },
             );
         }
         let (dl_sink, dl_target) = config.dead_letter_sink(pipeline)?;
+        // A plugin that handles sensitive data: its failed records are too.
+        let sealing = cipher.map(|cipher| Sealing {
+            cipher,
+            fields: vec![
+                ("key".into(), encryption::DEAD_LETTER_KEY.into()),
+                ("value".into(), encryption::DEAD_LETTER_VALUE.into()),
+            ],
+        });
         let dead_letter = Route {
             sink: sinks[&dl_sink].clone(),
             sink_name: dl_sink,
             target: dl_target,
             decl: dead_letter_decl(),
+            stored: dead_letter_decl(),
+            sealing,
             retention: None,
         };
         if pipeline.offsets == OffsetStore::Sink
@@ -335,6 +410,18 @@ pub fn route(
     }
     routed.keep_last_per_key();
     routed
+}
+
+/// The declaration as a sink holds it: each sensitive field becomes text
+/// (its values are ciphertexts; null stays null).
+fn stored(decl: &Output) -> Output {
+    let mut stored = decl.clone();
+    for field in &mut stored.fields {
+        if decl.sensitive.contains(&field.name) {
+            field.ty = Type::Text(None);
+        }
+    }
+    stored
 }
 
 /// The declared key, or a position-derived id that is the same every time

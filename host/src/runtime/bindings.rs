@@ -67,10 +67,11 @@ impl Exports {
         Ok(match self {
             Exports::Current(e) => plugin_from!(current, e.call_describe(store)?, |o| (
                 o.partitioning.map(partitioning),
-                o.shard_key
+                o.shard_key,
+                o.sensitive
             )),
             Exports::V0_1(e) => {
-                plugin_from!(v0_1, e.call_describe(store)?, |_o| (None, vec![]))
+                plugin_from!(v0_1, e.call_describe(store)?, |_o| (None, vec![], vec![]))
             }
         })
     }
@@ -133,7 +134,7 @@ macro_rules! plugin_from {
                     .collect();
                 let name = $o.name;
                 let primary_key = $o.primary_key;
-                let (partitioning, shard_key) = $extra;
+                let (partitioning, shard_key, sensitive) = $extra;
                 Output {
                     name,
                     kind,
@@ -142,6 +143,7 @@ macro_rules! plugin_from {
                     indexes,
                     partitioning,
                     shard_key,
+                    sensitive,
                 }
             })
             .collect();

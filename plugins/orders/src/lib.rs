@@ -34,8 +34,14 @@ impl Transform for Orders {
         let mut orders = Output::table("orders")
             .field("order_id", Type::text(64))
             .primary_key(["order_id"])
-            .field("customer", Type::text(customer))
-            .index("by_customer", ["customer"])
+            .field("customer", Type::text(customer));
+        // An encrypted value cannot be looked up: no index on it then.
+        orders = if cfg!(feature = "sensitive") {
+            orders.sensitive(["customer"])
+        } else {
+            orders.index("by_customer", ["customer"])
+        };
+        orders = orders
             .field("total", Type::decimal(12, 2))
             .field("created_at", Type::Timestamp)
             .optional("status", Type::text(32));
@@ -49,6 +55,9 @@ impl Transform for Orders {
             .primary_key(["order_id"])
             .field("event", Type::Json)
             .field("big_spender", Type::Boolean);
+        if cfg!(feature = "sensitive") {
+            events = events.sensitive(["event"]);
+        }
         let plugin = Plugin::new("orders", version);
         if !cfg!(feature = "partitioned") {
             return plugin.output(orders).output(events);
