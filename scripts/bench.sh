@@ -10,8 +10,11 @@
 #               loss or duplicates; several-MiB plugin vs small (services)
 #   partitions  writes into a plain table vs the same table partitioned by
 #               hash and by day; EXPLAIN PARTITIONS of a one-day query
+#   secure      the demo pipeline on the secure profile (SCRAM, TLS, field
+#               encryption) vs the plaintext profile (services)
 # Results are printed and written to bench/transform.txt, bench/scheduler.txt,
-# bench/isolation.txt, bench/reload.txt and bench/partitions.txt.
+# bench/isolation.txt, bench/reload.txt, bench/partitions.txt and
+# bench/secure.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
@@ -33,3 +36,4 @@ cargo bench --quiet -p sluice-tests --bench scheduled_vs_continuous | tee bench/
 cargo bench --quiet -p sluice-tests --bench isolation | tee bench/isolation.txt
 cargo bench --quiet -p sluice-tests --bench reloads | tee bench/reload.txt
 cargo bench --quiet -p sluice-tests --bench partitions | tee bench/partitions.txt
+cargo bench --quiet -p sluice-tests --bench secure | tee bench/secure.txt

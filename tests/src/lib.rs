@@ -37,7 +37,8 @@ pub fn mysql_url() -> String {
 /// MariaDB instance that requires TLS and encrypts its files.
 pub mod secure {
     use super::port;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
 
     pub const KAFKA_USER: &str = "sluice";
     pub const KAFKA_PASSWORD: &str = "sluice-scram-secret";
@@ -66,6 +67,69 @@ pub mod secure {
             port("SLUICE_MYSQL_SECURE_PORT", 3307)
         )
     }
+
+/// `config/secure.toml` with its own topic, pipeline, folders and tables,
+/// service paths made absolute; `edit` changes it further.
+pub fn config(
+    dir: &Path,
+    topic: &str,
+    pipeline: &str,
+    edit: &dyn Fn(String) -> String,
+) -> PathBuf {
+    let ca = tls_file("ca.pem");
+    let services = ca.parent().and_then(Path::parent).unwrap();
+    let text = std::fs::read_to_string(super::repo_root().join("config/secure.toml")).unwrap();
+    let text = text
+        .replace(".services/", &format!("{}/", services.display()))
+        .replace(".sluice-secure/plugins", &dir.display().to_string())
+        .replace(
+            "state_dir = \".sluice-secure\"",
+            &format!("state_dir = \"{}/state\"", dir.display()),
+        )
+        .replace("listen = \"127.0.0.1:7879\"", "enabled = false")
+        .replace("127.0.0.1:9094", &kafka_brokers())
+        .replace("mongodb://127.0.0.1:27018", &mongo_uri())
+        .replace("mysql://sluice@127.0.0.1:3307/sluice", &mysql_url())
+        .replace(
+            "name = \"orders_secure\"",
+            &format!("name = \"{pipeline}\""),
+        )
+        .replace(
+            "topics = [\"demo.orders\"]",
+            &format!("topics = [\"{topic}\"]"),
+        )
+        .replace(
+            "name = \"orders\" }",
+            &format!("name = \"{pipeline}_orders\" }}"),
+        )
+        .replace(
+            "name = \"secure_order_events\" }",
+            &format!("name = \"{pipeline}_events\" }}"),
+        );
+    assert!(
+        !text.contains("\".services/") && !text.contains(":.services/"),
+        "{text}"
+    );
+    let path = dir.join(format!("{pipeline}.toml"));
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+/// `sluice ARGS --config C`, from the repository root: (ok, stdout, stderr).
+pub fn sluice(args: &[&str], config: &Path) -> (bool, String, String) {
+    let out = Command::new(super::sluice_bin())
+        .current_dir(super::repo_root())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
     /// The local CA and the certificates it signed.
     pub fn tls_file(name: &str) -> PathBuf {

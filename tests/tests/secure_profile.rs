@@ -12,53 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// `config/secure.toml` with its own topic, pipeline, folders and tables,
-/// service paths made absolute; `edit` changes it further.
-fn secure_config(
-    dir: &Path,
-    topic: &str,
-    pipeline: &str,
-    edit: &dyn Fn(String) -> String,
-) -> PathBuf {
-    let ca = secure::tls_file("ca.pem");
-    let services = ca.parent().and_then(Path::parent).unwrap();
-    let text = std::fs::read_to_string(repo_root().join("config/secure.toml")).unwrap();
-    let text = text
-        .replace(".services/", &format!("{}/", services.display()))
-        .replace(".sluice-secure/plugins", &dir.display().to_string())
-        .replace(
-            "state_dir = \".sluice-secure\"",
-            &format!("state_dir = \"{}/state\"", dir.display()),
-        )
-        .replace("listen = \"127.0.0.1:7879\"", "enabled = false")
-        .replace("127.0.0.1:9094", &secure::kafka_brokers())
-        .replace("mongodb://127.0.0.1:27018", &secure::mongo_uri())
-        .replace("mysql://sluice@127.0.0.1:3307/sluice", &secure::mysql_url())
-        .replace(
-            "name = \"orders_secure\"",
-            &format!("name = \"{pipeline}\""),
-        )
-        .replace(
-            "topics = [\"demo.orders\"]",
-            &format!("topics = [\"{topic}\"]"),
-        )
-        .replace(
-            "name = \"orders\" }",
-            &format!("name = \"{pipeline}_orders\" }}"),
-        )
-        .replace(
-            "name = \"secure_order_events\" }",
-            &format!("name = \"{pipeline}_events\" }}"),
-        );
-    assert!(
-        !text.contains("\".services/") && !text.contains(":.services/"),
-        "{text}"
-    );
-    let path = dir.join(format!("{pipeline}.toml"));
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
-
 fn secure_producer() -> rdkafka::producer::FutureProducer {
     rdkafka::ClientConfig::new()
         .set("bootstrap.servers", secure::kafka_brokers())
@@ -101,33 +54,17 @@ async fn secure_mongo() -> mongodb::Database {
         .database("sluice")
 }
 
-/// `sluice ARGS --config C`, from the repository root: (ok, stdout, stderr).
-fn sluice(args: &[&str], config: &Path) -> (bool, String, String) {
-    let out = Command::new(sluice_bin())
-        .current_dir(repo_root())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_through_scram_tls_and_field_encryption() {
     let dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("sensitive")))]);
     let topic = unique("secure");
     create_topic(&topic, 3).await;
     let pipeline = unique("secure");
-    let config = secure_config(&dir, &topic, &pipeline, &|t| t);
+    let config = secure::config(&dir, &topic, &pipeline, &|t| t);
     produce(&secure_producer(), &topic, &orders_mix()).await;
 
     let started = Instant::now();
-    let (ok, out, err) = sluice(&["run", "--until-drained"], &config);
+    let (ok, out, err) = secure::sluice(&["run", "--until-drained"], &config);
     assert!(ok, "{out}\n{err}");
     println!(
         "secure profile: 10,000 events drained in {:?}",
@@ -177,16 +114,16 @@ async fn ten_thousand_events_through_scram_tls_and_field_encryption() {
     );
 
     // Through sluice: the values.
-    let (ok, out, err) = sluice(&["decrypt", "orders.customer", &customer], &config);
+    let (ok, out, err) = secure::sluice(&["decrypt", "orders.customer", &customer], &config);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "\"c-11\"");
-    let (ok, out, err) = sluice(&["decrypt", "order_events.event", &sealed_event], &config);
+    let (ok, out, err) = secure::sluice(&["decrypt", "order_events.event", &sealed_event], &config);
     assert!(ok, "{err}");
     let event: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(event["id"], "o-61");
-    let (ok, _, err) = sluice(&["decrypt", "orders.status", &customer], &config);
+    let (ok, _, err) = secure::sluice(&["decrypt", "orders.status", &customer], &config);
     assert!(!ok && err.contains("sealed for another field"), "{err}");
-    let (ok, out, err) = sluice(
+    let (ok, out, err) = secure::sluice(
         &["dlq", "list", &pipeline, "--limit", "500", "--json"],
         &config,
     );
@@ -283,13 +220,13 @@ async fn wrong_passwords_wrong_cas_and_plaintext_clients_are_refused() {
         ),
     ];
     for (i, (case, edit, expected)) in sink_cases.iter().enumerate() {
-        let config = secure_config(
+        let config = secure::config(
             &dir,
             &topic,
             &format!("{}_{i}", unique("refused")),
             edit.as_ref(),
         );
-        let (ok, _, err) = sluice(&["run", "--until-drained"], &config);
+        let (ok, _, err) = secure::sluice(&["run", "--until-drained"], &config);
         let said = err
             .lines()
             .rev()
@@ -326,7 +263,7 @@ async fn wrong_passwords_wrong_cas_and_plaintext_clients_are_refused() {
     ];
     for (i, (case, edit, expected)) in kafka_cases.iter().enumerate() {
         let pipeline = format!("{}_k{i}", unique("refused"));
-        let config = secure_config(&dir, &topic, &pipeline, edit.as_ref());
+        let config = secure::config(&dir, &topic, &pipeline, edit.as_ref());
         let text = host_logs(&config, &dir, expected);
         let said = text.lines().find(|l| l.contains(expected)).unwrap_or("");
         println!("{case}: {said}");
@@ -374,9 +311,9 @@ async fn a_value_written_through_sluice_is_not_in_the_encrypted_mariadbs_files()
         &(host_toml(&plain_dir, "") + &orders_pipeline_toml(&unique("plain"), &topic, "")),
     );
     let secure_dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("sensitive")))]);
-    let secure = secure_config(&secure_dir, &topic, &unique("encrypted"), &|t| t);
+    let secure = secure::config(&secure_dir, &topic, &unique("encrypted"), &|t| t);
     for config in [&plain, &secure] {
-        let (ok, out, err) = sluice(&["run", "--until-drained"], config);
+        let (ok, out, err) = secure::sluice(&["run", "--until-drained"], config);
         assert!(ok, "{out}\n{err}");
     }
 
