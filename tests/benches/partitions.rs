@@ -64,11 +64,6 @@ async fn timed(pool: &sqlx::MySqlPool, sql: &str) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let rows = env_or("SLUICE_BENCH_ROWS", 200_000);

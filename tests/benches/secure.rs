@@ -15,22 +15,10 @@
 use sluice_tests::*;
 use std::time::Instant;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
-    let events = env("SLUICE_BENCH_EVENTS", 50_000);
-    let rounds = env("SLUICE_BENCH_ROUNDS", 3);
+    let events = env_or("SLUICE_BENCH_EVENTS", 50_000);
+    let rounds = env_or("SLUICE_BENCH_ROUNDS", 3);
     let plain_dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
     let secure_dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("sensitive")))]);
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

@@ -48,11 +48,6 @@ pub mod secure {
         format!("127.0.0.1:{}", port("SLUICE_KAFKA_SASL_PORT", 9094))
     }
 
-    /// The listener that requires a client certificate.
-    pub fn kafka_mtls_brokers() -> String {
-        format!("127.0.0.1:{}", port("SLUICE_KAFKA_MTLS_PORT", 9095))
-    }
-
     pub fn mongo_uri() -> String {
         format!(
             "mongodb://127.0.0.1:{}",
@@ -68,68 +63,68 @@ pub mod secure {
         )
     }
 
-/// `config/secure.toml` with its own topic, pipeline, folders and tables,
-/// service paths made absolute; `edit` changes it further.
-pub fn config(
-    dir: &Path,
-    topic: &str,
-    pipeline: &str,
-    edit: &dyn Fn(String) -> String,
-) -> PathBuf {
-    let ca = tls_file("ca.pem");
-    let services = ca.parent().and_then(Path::parent).unwrap();
-    let text = std::fs::read_to_string(super::repo_root().join("config/secure.toml")).unwrap();
-    let text = text
-        .replace(".services/", &format!("{}/", services.display()))
-        .replace(".sluice-secure/plugins", &dir.display().to_string())
-        .replace(
-            "state_dir = \".sluice-secure\"",
-            &format!("state_dir = \"{}/state\"", dir.display()),
-        )
-        .replace("listen = \"127.0.0.1:7879\"", "enabled = false")
-        .replace("127.0.0.1:9094", &kafka_brokers())
-        .replace("mongodb://127.0.0.1:27018", &mongo_uri())
-        .replace("mysql://sluice@127.0.0.1:3307/sluice", &mysql_url())
-        .replace(
-            "name = \"orders_secure\"",
-            &format!("name = \"{pipeline}\""),
-        )
-        .replace(
-            "topics = [\"demo.orders\"]",
-            &format!("topics = [\"{topic}\"]"),
-        )
-        .replace(
-            "name = \"orders\" }",
-            &format!("name = \"{pipeline}_orders\" }}"),
-        )
-        .replace(
-            "name = \"secure_order_events\" }",
-            &format!("name = \"{pipeline}_events\" }}"),
+    /// `config/secure.toml` with its own topic, pipeline, folders and tables,
+    /// service paths made absolute; `edit` changes it further.
+    pub fn config(
+        dir: &Path,
+        topic: &str,
+        pipeline: &str,
+        edit: &dyn Fn(String) -> String,
+    ) -> PathBuf {
+        let ca = tls_file("ca.pem");
+        let services = ca.parent().and_then(Path::parent).unwrap();
+        let text = std::fs::read_to_string(super::repo_root().join("config/secure.toml")).unwrap();
+        let text = text
+            .replace(".services/", &format!("{}/", services.display()))
+            .replace(".sluice-secure/plugins", &dir.display().to_string())
+            .replace(
+                "state_dir = \".sluice-secure\"",
+                &format!("state_dir = \"{}/state\"", dir.display()),
+            )
+            .replace("listen = \"127.0.0.1:7879\"", "enabled = false")
+            .replace("127.0.0.1:9094", &kafka_brokers())
+            .replace("mongodb://127.0.0.1:27018", &mongo_uri())
+            .replace("mysql://sluice@127.0.0.1:3307/sluice", &mysql_url())
+            .replace(
+                "name = \"orders_secure\"",
+                &format!("name = \"{pipeline}\""),
+            )
+            .replace(
+                "topics = [\"demo.orders\"]",
+                &format!("topics = [\"{topic}\"]"),
+            )
+            .replace(
+                "name = \"orders\" }",
+                &format!("name = \"{pipeline}_orders\" }}"),
+            )
+            .replace(
+                "name = \"secure_order_events\" }",
+                &format!("name = \"{pipeline}_events\" }}"),
+            );
+        assert!(
+            !text.contains("\".services/") && !text.contains(":.services/"),
+            "{text}"
         );
-    assert!(
-        !text.contains("\".services/") && !text.contains(":.services/"),
-        "{text}"
-    );
-    let path = dir.join(format!("{pipeline}.toml"));
-    std::fs::write(&path, edit(text)).unwrap();
-    path
-}
+        let path = dir.join(format!("{pipeline}.toml"));
+        std::fs::write(&path, edit(text)).unwrap();
+        path
+    }
 
-/// `sluice ARGS --config C`, from the repository root: (ok, stdout, stderr).
-pub fn sluice(args: &[&str], config: &Path) -> (bool, String, String) {
-    let out = Command::new(super::sluice_bin())
-        .current_dir(super::repo_root())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+    /// `sluice ARGS --config C`, from the repository root: (ok, stdout, stderr).
+    pub fn sluice(args: &[&str], config: &Path) -> (bool, String, String) {
+        let out = Command::new(super::sluice_bin())
+            .current_dir(super::repo_root())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 
     /// The local CA and the certificates it signed.
     pub fn tls_file(name: &str) -> PathBuf {
@@ -406,6 +401,12 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The middle value (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// A small seeded generator (SplitMix64): a test's random choices,
