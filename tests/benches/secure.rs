@@ -10,7 +10,7 @@
 //! the medians and the secure ÷ plain ratio.
 //!
 //! `SLUICE_BENCH_EVENTS` (default 50,000) and `SLUICE_BENCH_ROUNDS`
-//! (default 3). Needs the local services (`scripts/services.sh up`).
+//! (default 5). Needs the local services (`scripts/services.sh up`).
 
 use sluice_tests::*;
 use std::time::Instant;
@@ -18,12 +18,15 @@ use std::time::Instant;
 #[tokio::main]
 async fn main() {
     let events = env_or("SLUICE_BENCH_EVENTS", 50_000);
-    let rounds = env_or("SLUICE_BENCH_ROUNDS", 3);
+    let rounds = env_or("SLUICE_BENCH_ROUNDS", 5);
     let plain_dir = plugins_dir(&[("orders", &plugin_wasm("orders", false))]);
     let secure_dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("sensitive")))]);
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    println!("{events} order events per run, {rounds} rounds");
-    for round in 0..rounds {
+    println!("{events} order events per run, {rounds} rounds, after a warm-up run of each");
+    // Round "warm-up" (1,000 events, not counted): compiled-plugin caches,
+    // first connections and first collections are made there.
+    let sizes = std::iter::once(1_000).chain(std::iter::repeat_n(events, rounds));
+    for (round, events) in sizes.enumerate() {
         let topic = unique("bench_secure");
         create_topic(&topic, 3).await;
         let batch: Vec<_> = (0..events).map(order_event).collect();
@@ -45,6 +48,10 @@ async fn main() {
             assert!(ok, "{out}\n{err}");
             let rate = events as f64 / took;
             let name = ["plain ", "secure"][profile];
+            if round == 0 {
+                println!("warm-up: {name} {took:6.2} s");
+                continue;
+            }
             println!("round {round}: {name} {took:6.2} s, {rate:8.0} records/s");
             rates[profile].push(rate);
         }
