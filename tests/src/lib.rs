@@ -110,19 +110,15 @@ pub mod secure {
         path
     }
 
-    /// `sluice ARGS --config C`, from the repository root: (ok, stdout, stderr).
+    /// `sluice ARGS --config C`, from the repository root (where the
+    /// config's relative paths point): (ok, stdout, stderr).
     pub fn sluice(args: &[&str], config: &Path) -> (bool, String, String) {
-        let out = Command::new(super::sluice_bin())
-            .current_dir(super::repo_root())
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        super::cli_output(
+            Command::new(super::sluice_bin())
+                .current_dir(super::repo_root())
+                .args(args)
+                .arg("--config")
+                .arg(config),
         )
     }
 
@@ -738,12 +734,17 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
 
 /// Runs the `sluice` binary: (succeeded, stdout, stderr).
 pub fn sluice_cli(args: &[&str], config: &Path) -> (bool, String, String) {
-    let out = Command::new(sluice_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
+    cli_output(
+        Command::new(sluice_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config),
+    )
+}
+
+/// Runs `command` to its end: (succeeded, stdout, stderr).
+fn cli_output(command: &mut Command) -> (bool, String, String) {
+    let out = command.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
