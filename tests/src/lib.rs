@@ -48,6 +48,11 @@ pub mod secure {
         format!("127.0.0.1:{}", port("SLUICE_KAFKA_SASL_PORT", 9094))
     }
 
+    /// The listener that requires a client certificate.
+    pub fn kafka_mtls_brokers() -> String {
+        format!("127.0.0.1:{}", port("SLUICE_KAFKA_MTLS_PORT", 9095))
+    }
+
     pub fn mongo_uri() -> String {
         format!(
             "mongodb://127.0.0.1:{}",

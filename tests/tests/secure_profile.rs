@@ -135,6 +135,57 @@ async fn ten_thousand_events_through_scram_tls_and_field_encryption() {
     assert!(!out.contains("sluice:enc:"), "{out}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_to_kafka_with_a_client_certificate() {
+    let dir = plugins_dir(&[("orders", &variant_wasm("orders", Some("sensitive")))]);
+    let topic = unique("mtls");
+    create_topic(&topic, 1).await;
+    produce(
+        &producer(),
+        &topic,
+        &(0..100).map(order_event).collect::<Vec<_>>(),
+    )
+    .await;
+    let pipeline = unique("mtls");
+    // The listener that requires a certificate signed by the local CA,
+    // instead of SCRAM.
+    let mtls = |t: String| {
+        let start = t.find("[kafka]").unwrap();
+        let end = t.find("[sinks.mongodb]").unwrap();
+        let kafka = format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[kafka.tls]\nca = \"{}\"\ncertificate = \"{}\"\nkey = \"{}\"\n\n",
+            secure::kafka_mtls_brokers(),
+            secure::tls_file("ca.pem").display(),
+            secure::tls_file("client.pem").display(),
+            secure::tls_file("client.key").display(),
+        );
+        format!("{}{kafka}{}", &t[..start], &t[end..])
+    };
+    let config = secure::config(&dir, &topic, &pipeline, &mtls);
+    let (ok, out, err) = secure::sluice(&["run", "--until-drained"], &config);
+    assert!(ok, "{out}\n{err}");
+    let rows = count_rows(&secure_mysql().await, &format!("{pipeline}_orders")).await;
+    println!("mutual TLS: {rows:?} rows");
+    assert_eq!(rows, (100, 100));
+
+    // Without the client certificate the broker refuses the handshake.
+    let no_certificate = |t: String| {
+        let t = mtls(t);
+        let start = t.find("certificate = ").unwrap();
+        let end = t.find("\n\n[sinks.mongodb]").unwrap();
+        format!("{}{}", &t[..start], &t[end..])
+    };
+    let config = secure::config(&dir, &topic, &unique("mtls"), &no_certificate);
+    // TLS 1.2 and 1.3 report it differently; both as an alert.
+    let refused = "SSL alert number";
+    let text = host_logs(&config, &dir, refused);
+    println!(
+        "mutual TLS without a certificate: {}",
+        text.lines().find(|l| l.contains(refused)).unwrap_or("")
+    );
+    assert!(text.contains(refused), "{text}");
+}
+
 /// Runs the host until its log shows `expected` (within 60 s): for
 /// failures it keeps retrying rather than exits on.
 fn host_logs(config: &Path, dir: &Path, expected: &str) -> String {
