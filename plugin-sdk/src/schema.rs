@@ -479,7 +479,18 @@ impl Output {
             match map.get_mut(&f.name) {
                 None | Some(Value::Null) if f.nullable => {}
                 None | Some(Value::Null) => return Err(format!("field '{}' is required", f.name)),
-                Some(v) => check_field(f, v).map_err(|e| format!("field '{}': {e}", f.name))?,
+                Some(v) => check_field(f, v).map_err(|e| {
+                    // The reason goes to dead letters and logs in clear:
+                    // it must not quote a sensitive value.
+                    if self.sensitive.contains(&f.name) {
+                        format!(
+                            "field '{}': not a valid {} (the value is sensitive, so not shown)",
+                            f.name, f.ty
+                        )
+                    } else {
+                        format!("field '{}': {e}", f.name)
+                    }
+                })?,
             }
         }
         if self.kind == OutputKind::Table
@@ -885,6 +896,15 @@ mod tests {
             ),
         ];
         assert!(check(events().sensitive(["name"])).is_ok());
+        let mut bad = serde_json::json!({"id": 1, "at": "2024-01-01T00:00:00Z", "name": 12345});
+        let e = events()
+            .sensitive(["name"])
+            .check_value(&mut bad)
+            .unwrap_err();
+        assert!(
+            !e.contains("12345") && e.contains("the value is sensitive"),
+            "{e}"
+        );
         for (output, want) in refused {
             let err = check(output).unwrap_err();
             assert!(err.contains(want), "{err} should contain {want}");

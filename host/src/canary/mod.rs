@@ -56,6 +56,24 @@ pub fn compare(records: usize, active: &Routed, canary: &Routed) -> BatchDiff {
     diff
 }
 
+/// Takes the values of sensitive fields out of the samples, which the API
+/// and `sluice plugins` show.
+pub fn mask_sensitive(diff: &mut BatchDiff, routes: &crate::router::Routes) {
+    for sample in &mut diff.samples {
+        let Some(route) = routes.outputs.get(&sample.output) else {
+            continue;
+        };
+        let rows = [sample.active.as_mut(), sample.canary.as_mut()];
+        for row in rows.into_iter().flatten() {
+            for field in &route.decl.sensitive {
+                if let Some(value) = row.get_mut(field) {
+                    *value = Value::String("(sensitive)".into());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +96,39 @@ mod tests {
             .map(|i| Row::upsert(json!(i), Default::default()))
             .collect();
         r
+    }
+
+    #[test]
+    fn sensitive_values_never_reach_the_samples() {
+        use crate::router::{Route, Routes};
+        use sluice_plugin_sdk::schema::{Output, Type};
+        let route = |decl: Output| Route {
+            sink_name: "s".into(),
+            sink: std::sync::Arc::new(crate::sink::MemorySink::new()),
+            target: decl.name.clone(),
+            stored: decl.clone(),
+            decl,
+            sealing: None,
+            retention: None,
+        };
+        let orders = Output::table("orders")
+            .field("s", Type::text(8))
+            .field("card", Type::text(32))
+            .sensitive(["card"]);
+        let routes = Routes {
+            outputs: [("orders".to_string(), route(orders))].into(),
+            dead_letter: route(crate::model::dead_letter_decl()),
+        };
+        let active = routed(&[("a", json!({"s": "paid", "card": "4111-old"}))], 0);
+        let canary = routed(&[("a", json!({"s": "PAID", "card": "4111-new"}))], 0);
+        let mut diff = compare(1, &active, &canary);
+        mask_sensitive(&mut diff, &routes);
+        let shown = serde_json::to_string(&diff.samples).unwrap();
+        assert!(!shown.contains("4111"), "{shown}");
+        assert!(
+            shown.contains("(sensitive)") && shown.contains("PAID"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ impl Shadow {
                 Ok(routes) => {
                     let ctx = DeadLetterContext::new(pipeline, &canary);
                     let routed = router::route(records, result, &routes, &ctx);
-                    compare(records.len(), active, &routed)
+                    let mut diff = compare(records.len(), active, &routed);
+                    super::mask_sensitive(&mut diff, &routes);
+                    diff
                 }
             },
         };

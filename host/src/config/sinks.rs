@@ -82,9 +82,10 @@ pub enum SinkConfig {
         #[serde(default)]
         tls: TlsMode,
         /// CA certificates (PEM) that signed the server's certificate;
-        /// default: the system's.
+        /// default: the webpki roots built into sluice.
         tls_ca: Option<PathBuf>,
-        /// Client certificate (PEM), for servers that require it.
+        /// Client certificate (PEM), for servers that require it (with
+        /// `tls_key`).
         tls_certificate: Option<PathBuf>,
         /// The client certificate's private key (PEM).
         tls_key: Option<PathBuf>,
@@ -187,7 +188,10 @@ impl SinkConfig {
 /// when it names no user or already holds a password.
 fn with_password(url: &str, password: &str) -> Option<String> {
     let start = url.find("://")? + 3;
-    let at = start + url[start..].find('@')?;
+    let authority = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(&url[start..], |end| &url[start..start + end]);
+    let at = start + authority.rfind('@')?;
     let user = &url[start..at];
     if user.is_empty() || user.contains(':') || user.contains('/') {
         return None;

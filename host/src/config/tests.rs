@@ -334,6 +334,19 @@ fn tls_and_sasl_are_typed_and_plaintext_is_explicit() {
             ca.display().to_string().replace('/', "%2F")
         )
     );
+    // No user before the host: the password has nowhere to go (an `@`
+    // further on is not the user's).
+    let userless = secure.replace(
+        "mysql://sluice@db:3306/sluice",
+        "mysql://db:3306/sluice?timezone=a@b",
+    );
+    let e = parse(&userless).unwrap().sinks["mysql"]
+        .mysql_url("mysql")
+        .unwrap_err();
+    assert!(
+        e.contains("sinks.mysql.password: the url must name a user"),
+        "{e}"
+    );
     let plain = parse(&GOOD.replace("/sluice\"", "/sluice\"\ntls = \"disabled\"")).unwrap();
     assert!(
         plain.sinks["mysql"]
@@ -392,6 +405,26 @@ fn tls_and_sasl_are_typed_and_plaintext_is_explicit() {
             "brokers = \"127.0.0.1:9092\"",
             "brokers = \"127.0.0.1:9092\"\ntls = { certificate = \"/etc/hostname\" }",
             "kafka.tls.key: is missing: `certificate` needs its private key",
+        ),
+        (
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ntls = { key_password = \"secret-pw\" }",
+            "kafka.tls.key_password: is set without `key`",
+        ),
+        (
+            "/sluice\"",
+            "/sluice\"\ntls_certificate = \"/etc/hostname\"",
+            "sinks.mysql.tls_key: is missing: tls_certificate needs its private key",
+        ),
+        (
+            "/sluice\"",
+            "/sluice#x\"",
+            "sinks.mysql.url: '#' is not allowed in a MySQL URL",
+        ),
+        (
+            "[kafka]",
+            "[api]\ntoken = \"short\"\n[kafka]",
+            "api.token: must be at least 32 characters",
         ),
     ] {
         let text = GOOD.replacen(from, to, 1);

@@ -135,6 +135,19 @@ impl SinkTls<'_> {
         }
         Ok(())
     }
+
+    /// `check`, for a sink whose client certificate and key are separate
+    /// files (MySQL): one without the other is refused.
+    pub fn check_pair(&self) -> Result<(), (&'static str, String)> {
+        self.check()?;
+        if self.certificate.is_some() && self.key.is_none() {
+            return Err((
+                "tls_key",
+                "is missing: tls_certificate needs its private key".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl KafkaTls {
@@ -149,6 +162,9 @@ impl KafkaTls {
             if let Some(path) = path {
                 check_readable(path).map_err(|e| (key, e))?;
             }
+        }
+        if self.key_password.is_some() && self.key.is_none() {
+            return Err(("key_password", "is set without `key`".into()));
         }
         match (&self.certificate, &self.key) {
             (Some(_), None) => Err((

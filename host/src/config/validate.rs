@@ -146,6 +146,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(token) = &self.api.token
+            && let Ok(value) = token.resolve()
+            && value.len() < 32
+        {
+            return Err((
+                "api.token".into(),
+                "must be at least 32 characters (e.g. `openssl rand -hex 32`)".into(),
+            ));
+        }
         if self.api.enabled && !self.api.listen.ip().is_loopback() {
             return Err((
                 "api.listen".into(),
@@ -166,9 +175,13 @@ impl Config {
                         .map_err(|e| (format!("sinks.{name}.uri"), e))?;
                 }
             }
-            sink.tls()
-                .check()
-                .map_err(|(key, e)| (format!("sinks.{name}.{key}"), e))?;
+            let tls = sink.tls();
+            let checked = match sink {
+                // MySQL takes the client certificate and key as two files.
+                super::SinkConfig::Mysql { .. } => tls.check_pair(),
+                super::SinkConfig::Mongodb { .. } => tls.check(),
+            };
+            checked.map_err(|(key, e)| (format!("sinks.{name}.{key}"), e))?;
         }
         if let Some(sink) = &self.ledger.sink {
             match self.sinks.get(sink) {
@@ -252,6 +265,10 @@ const MYSQL_TLS_PARAMETERS: &[&str] = &[
 /// (`validate`) and once resolved (at connect: a reference may hold the
 /// whole URL).
 pub fn check_mysql_url(url: &str) -> Result<(), String> {
+    // Parameters sluice appends (TLS) would land after a fragment, unread.
+    if url.contains('#') {
+        return Err("'#' is not allowed in a MySQL URL (percent-encode it as %23)".into());
+    }
     for key in query_keys(url) {
         if MYSQL_TLS_PARAMETERS.contains(&key) {
             return Err(format!(

@@ -161,16 +161,15 @@ impl Routes {
                 declared.join(", ")
             ));
         }
-        let cipher = if info.outputs.iter().any(|o| !o.sensitive.is_empty()) {
-            let encryption = config.encryption.as_ref().ok_or_else(|| {
-                format!(
+        let cipher = match &config.encryption {
+            Some(encryption) => Some(Arc::new(FieldCipher::from_config(encryption)?)),
+            None if info.outputs.iter().any(|o| !o.sensitive.is_empty()) => {
+                return Err(format!(
                     "{}: plugin '{name}' declares sensitive fields, which are encrypted before they leave the host; add [encryption] with a key (see docs/security.md)",
                     key("plugin")
-                )
-            })?;
-            Some(Arc::new(FieldCipher::from_config(encryption)?))
-        } else {
-            None
+                ));
+            }
+            None => None,
         };
         let mut outputs = BTreeMap::new();
         for decl in &info.outputs {
@@ -226,7 +225,8 @@ impl Routes {
             );
         }
         let (dl_sink, dl_target) = config.dead_letter_sink(pipeline)?;
-        // A plugin that handles sensitive data: its failed records are too.
+        // With [encryption], failed records are kept encrypted too (and a
+        // replay reads them back whatever the version declares).
         let sealing = cipher.map(|cipher| Sealing {
             cipher,
             fields: vec![
