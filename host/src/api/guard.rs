@@ -121,11 +121,8 @@ pub fn token(config: &crate::config::Config, make: bool) -> anyhow::Result<Strin
     let path = config.state_dir.join(TOKEN_FILE);
     if make && !path.exists() {
         let token = hex::encode(rand::random::<[u8; 32]>());
-        // Whole or not at all: the CLI may be reading it.
-        let tmp = path.with_extension("tmp");
         crate::config::create_private_dir(&config.state_dir)
-            .and_then(|()| crate::config::write_private(&tmp, token.as_bytes()))
-            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| crate::config::write_private(&path, token.as_bytes()))
             .map_err(|e| anyhow::anyhow!("state_dir: cannot make {}: {e}", path.display()))?;
     }
     token_from_file(&path)

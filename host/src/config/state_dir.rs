@@ -14,17 +14,28 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Writes `bytes` to a new or truncated `path` readable by the owner only.
+/// Writes `bytes` to `path`, readable by the owner only, whole or not at
+/// all: into a new temporary file beside it, then renamed over it, so a
+/// reader (another process, a restart after a crash) never sees half.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)?;
-    // `mode` applies only when the file is created.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(bytes)
+        .open(&tmp)
+        .and_then(|mut file| {
+            // `mode` applies only when the file is created.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.write_all(bytes)
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Creates an empty owner-only file at `path` if there is none (SQLite
@@ -53,8 +64,7 @@ pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// A random secret of `len` bytes kept in `path` (owner-only), made on
-/// first use; written whole (temporary file, then rename) because another
-/// process may be reading it. A file of the wrong length is replaced.
+/// first use. A file of the wrong length is replaced.
 pub fn private_key_file(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(bytes) if bytes.len() == len => return Ok(bytes),
@@ -65,9 +75,7 @@ pub fn private_key_file(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
         Err(e) => return Err(e),
     }
     let key: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
-    let tmp = path.with_extension("tmp");
-    write_private(&tmp, &key)?;
-    std::fs::rename(&tmp, path)?;
+    write_private(path, &key)?;
     Ok(key)
 }
 

@@ -86,18 +86,6 @@ pub enum TlsMode {
     VerifyIdentity,
 }
 
-impl TlsMode {
-    /// The config spelling, for messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Disabled => "disabled",
-            TlsMode::Required => "required",
-            TlsMode::VerifyCa => "verify-ca",
-            TlsMode::VerifyIdentity => "verify-identity",
-        }
-    }
-}
-
 /// The TLS settings of one sink, as written beside its `url`/`uri`.
 #[derive(Debug, Clone, Default)]
 pub struct SinkTls<'a> {
@@ -127,12 +115,6 @@ impl SinkTls<'_> {
             }
             check_readable(path).map_err(|e| (key, e))?;
         }
-        if self.key.is_some() && self.certificate.is_none() {
-            return Err((
-                "tls_key",
-                "is set without tls_certificate; a client key goes with its certificate".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -140,13 +122,17 @@ impl SinkTls<'_> {
     /// files (MySQL): one without the other is refused.
     pub fn check_pair(&self) -> Result<(), (&'static str, String)> {
         self.check()?;
-        if self.certificate.is_some() && self.key.is_none() {
-            return Err((
+        match (self.certificate, self.key) {
+            (None, Some(_)) => Err((
+                "tls_key",
+                "is set without tls_certificate; a client key goes with its certificate".into(),
+            )),
+            (Some(_), None) => Err((
                 "tls_key",
                 "is missing: tls_certificate needs its private key".into(),
-            ));
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -186,12 +186,10 @@ impl Runtime {
             let _ = std::fs::remove_file(&path);
         }
         let component = Component::new(&self.engine, bytes)?;
-        let tmp = path.with_extension("tmp");
         let written = component
             .serialize()
             .map(|compiled| [key.mac(&name, &compiled).as_slice(), &compiled].concat())
-            .and_then(|entry| Ok(crate::config::write_private(&tmp, &entry)?))
-            .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+            .and_then(|entry| Ok(crate::config::write_private(&path, &entry)?));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), "cannot cache the compiled plugin: {e}");
         }

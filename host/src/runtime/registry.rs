@@ -426,10 +426,8 @@ impl Canaries {
             return;
         }
         let path = dir.join(format!("{}.wasm", version.name));
-        let tmp = path.with_extension("tmp");
         let kept = crate::config::create_private_dir(dir)
-            .and_then(|()| crate::config::write_private(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| crate::config::write_private(&path, bytes));
         if let Err(e) = kept {
             tracing::warn!(plugin = %version.name, file = %path.display(),
                 "cannot keep the promoted version; after a restart the plugins folder's file serves: {e}");
